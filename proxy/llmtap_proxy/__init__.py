@@ -1,0 +1,1 @@
+"""llmtap proxy: the server, the simulated backend, the CLI, bench and report commands."""

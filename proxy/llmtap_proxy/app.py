@@ -1,0 +1,71 @@
+"""The ASGI application: health endpoints, the forwarding catch-all, and lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route as StarletteRoute
+
+from llmtap.telemetry import Telemetry
+from llmtap_proxy.config import Settings
+from llmtap_proxy.forward import Forwarder
+from llmtap_proxy.upstream import UpstreamPool
+
+logger = logging.getLogger("llmtap.proxy")
+
+
+class ProxyApp:
+    """Holds the proxy's parts; `asgi` is what the server runs."""
+
+    def __init__(self, settings: Settings, telemetry: Telemetry | None) -> None:
+        self.settings = settings
+        self.telemetry = telemetry
+        self.pool = UpstreamPool()
+        self.forwarder = Forwarder(settings, self.pool, telemetry)
+        self.draining = False
+        self.asgi = Starlette(
+            routes=[
+                StarletteRoute("/healthz", self.healthz, methods=["GET"]),
+                StarletteRoute("/readyz", self.readyz, methods=["GET"]),
+                StarletteRoute("/{path:path}", self.forwarder),
+            ],
+            lifespan=self.lifespan,
+        )
+
+    async def healthz(self, request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self, request: Request) -> JSONResponse:
+        if self.draining or not self.pool.ready:
+            return JSONResponse({"status": "draining" if self.draining else "starting"}, status_code=503)
+        return JSONResponse({"status": "ready", "in_flight": self.forwarder.in_flight})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        await self.pool.start()
+        if self.telemetry is not None:
+            await asyncio.to_thread(self.telemetry.tokenizer.load)
+        try:
+            yield
+        finally:
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Drain what is still in flight (up to the deadline), close upstreams, flush telemetry."""
+        self.draining = True
+        deadline = asyncio.get_running_loop().time() + self.settings.drain_timeout
+        while self.forwarder.in_flight and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        await self.pool.close()
+        if self.telemetry is not None:
+            await asyncio.to_thread(self.telemetry.force_flush)
+
+
+def create_app(settings: Settings, telemetry: Telemetry | None) -> ProxyApp:
+    return ProxyApp(settings, telemetry)

@@ -1,0 +1,72 @@
+"""Running the proxy under uvicorn: fast loop and parser when installed, graceful shutdown, clean logs."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+import uvicorn
+
+from llmtap.telemetry import Telemetry
+from llmtap.tokens import ReferenceTokenizer
+from llmtap_proxy.app import ProxyApp
+from llmtap_proxy.config import Settings
+from llmtap_proxy.errors import UpstreamStreamAborted
+
+logger = logging.getLogger("llmtap.proxy")
+
+
+class _AbortedStreamFilter(logging.Filter):
+    """A broken upstream stream is reported once as a warning, not as an ASGI traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, UpstreamStreamAborted):
+            logger.warning("aborted client stream: %s", exc)
+            return False
+        return True
+
+
+def uvicorn_config(app: ProxyApp, settings: Settings, **overrides: object) -> uvicorn.Config:
+    options: dict[str, object] = {
+        "host": settings.host,
+        "port": settings.port,
+        "loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        "http": "httptools" if importlib.util.find_spec("httptools") else "h11",
+        "lifespan": "on",
+        "timeout_graceful_shutdown": settings.drain_timeout,
+        "server_header": False,
+        "date_header": False,
+        "access_log": False,
+        "log_level": "info",
+    }
+    options.update(overrides)
+    logging.getLogger("uvicorn.error").addFilter(_AbortedStreamFilter())
+    return uvicorn.Config(app.asgi, **options)  # type: ignore[arg-type]
+
+
+def build_telemetry(settings: Settings, service_name: str = "llmtap-proxy") -> tuple[Telemetry, str, str]:
+    from llmtap.telemetry import configure_from_env
+
+    tracer_provider, meter_provider, targets = configure_from_env(service_name)
+    telemetry = Telemetry(
+        tracer_provider,
+        meter_provider,
+        cold_start_idle_s=settings.cold_start_idle,
+        tokenizer=ReferenceTokenizer(settings.reference_tokenizer),
+    )
+    return telemetry, targets.traces, targets.metrics
+
+
+def serve(settings: Settings) -> None:
+    """Blocking: run until SIGTERM/SIGINT, then drain and flush."""
+    telemetry, traces, metrics = build_telemetry(settings)
+    app = ProxyApp(settings, telemetry)
+    config = uvicorn_config(app, settings)
+    for route in settings.routes:
+        logger.info("route %s -> %s%s", route.prefix, route.upstream.origin, route.upstream.base_path)
+    logger.info("telemetry: traces %s; metrics %s", traces, metrics)
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        telemetry.shutdown()

@@ -1,0 +1,812 @@
+"""A simulated LLM backend that speaks the OpenAI and Anthropic wire formats with exact timing.
+
+Used by the tests, by `llmtap demo` and by the latency benchmarks. Each generation request
+produces deterministic words (" alpha", " bravo", ...), one "token" per word. Streams send their
+preamble (headers, role chunk / message_start / response.created ...) on arrival, then content
+chunk i at the absolute time ``arrival + ttft + i * itl`` (+ optional seeded jitter), so timing
+errors never accumulate. Every SSE event is one write, hence one HTTP chunk.
+
+Per-request knobs, as headers (which win) or as the body field ``"sim": {...}``:
+
+    header                    body key           meaning
+    x-sim-ttft-ms             ttft_ms            arrival -> first content chunk
+    x-sim-itl-ms              itl_ms             gap between content chunks
+    x-sim-tokens              tokens             output tokens (capped by max_tokens)
+    x-sim-tokens-per-chunk    tokens_per_chunk   tokens per content chunk
+    x-sim-jitter-ms           jitter_ms          seeded delay in [0, jitter] added to each chunk
+    x-sim-status              status             answer with this HTTP error status
+    x-sim-fail-after          fail_after         close the connection after N content chunks
+    x-sim-error-event         error_event        send an in-stream error event after N chunks
+
+Ground truth: every model response carries ``x-sim-request-id``; ``GET /_sim/requests/{id}``
+returns what the simulator actually did, and ``GET /_sim/stats`` the request counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import math
+import random
+import secrets
+import signal
+import struct
+import time
+import zlib
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+__all__ = ["SimProfile", "SimServer", "create_app", "run_sim", "start_sim"]
+
+_WORDS = (
+    "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november "
+    "oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee zulu amber cobalt "
+    "crimson indigo ivory jade lemon maroon olive pearl ruby saffron teal violet river stone "
+    "cloud field forest meadow valley harbor island canyon desert glacier summit prairie "
+    "lantern compass anchor beacon signal vector"
+)
+VOCAB: tuple[str, ...] = tuple(" " + w for w in _WORDS.split())
+EMBEDDING_DIM = 8
+MAX_RECORDS = 10_000
+_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+
+
+@dataclass
+class SimProfile:
+    """Default behaviour of the simulated model; each request may override it (see module doc)."""
+
+    ttft_ms: float = 50.0
+    itl_ms: float = 20.0
+    output_tokens: int = 64
+    tokens_per_chunk: int = 1
+    jitter_ms: float = 0.0
+    seed: int = 0
+    model: str = "sim-small"
+
+
+@dataclass(slots=True)
+class _Knobs:
+    ttft_ms: float
+    itl_ms: float
+    tokens: int
+    tokens_per_chunk: int
+    jitter_ms: float
+    status: int | None = None
+    fail_after: int | None = None
+    error_event: int | None = None
+
+
+_KNOB_TYPES: dict[str, type] = {f.name: (float if f.name.endswith("_ms") else int) for f in fields(_Knobs)}
+_HEADER_KNOBS: dict[str, str] = {"x-sim-" + name.replace("_", "-"): name for name in _KNOB_TYPES}
+
+
+def _knobs(profile: SimProfile, headers: Mapping[str, str], sim: Any) -> _Knobs:
+    """Profile defaults, overridden by body["sim"], overridden by x-sim-* headers."""
+    knobs = _Knobs(profile.ttft_ms, profile.itl_ms, profile.output_tokens, profile.tokens_per_chunk,
+                   profile.jitter_ms)
+    overrides: dict[str, Any] = {}
+    if isinstance(sim, dict):
+        overrides.update({k: v for k, v in sim.items() if k in _KNOB_TYPES and v is not None})
+    for header, name in _HEADER_KNOBS.items():
+        value = headers.get(header)
+        if value is not None:
+            overrides[name] = value
+    for name, value in overrides.items():
+        try:
+            number = _KNOB_TYPES[name](float(value))
+        except (TypeError, ValueError):
+            raise ValueError(f"invalid simulator knob {name}={value!r}") from None
+        if number < 0 or (name == "tokens_per_chunk" and number < 1):
+            raise ValueError(f"invalid simulator knob {name}={value!r}")
+        setattr(knobs, name, number)
+    return knobs
+
+
+class _Record:
+    """Ground truth for one request: what the simulator did, and when (seconds since arrival)."""
+
+    __slots__ = ("cancelled_at_s", "chunk_times_s", "end_s", "endpoint", "first_byte_s", "http_status",
+                 "id", "input_tokens", "model", "output_tokens", "seq", "status", "stream")
+
+    def __init__(self, request_id: str, seq: int, endpoint: str) -> None:
+        self.id = request_id
+        self.seq = seq
+        self.endpoint = endpoint
+        self.model: str | None = None
+        self.stream = False
+        self.http_status = 200
+        self.status = "active"
+        self.first_byte_s: float | None = None
+        self.chunk_times_s: list[float] = []
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.cancelled_at_s: float | None = None
+        self.end_s: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        times = self.chunk_times_s
+        return {
+            "id": self.id, "endpoint": self.endpoint, "model": self.model, "stream": self.stream,
+            "http_status": self.http_status, "status": self.status,
+            "ttft_s": times[0] if times else None, "first_byte_s": self.first_byte_s,
+            "chunk_times_s": times, "content_chunks": len(times),
+            "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
+            "cancelled_at_s": self.cancelled_at_s, "end_s": self.end_s,
+        }
+
+
+class _State:
+    def __init__(self, profile: SimProfile) -> None:
+        self.profile = profile
+        self.tag = secrets.token_hex(3)
+        self.count = 0
+        self.active = 0
+        self.records: OrderedDict[str, _Record] = OrderedDict()
+
+    def open(self, endpoint: str) -> _Record:
+        self.count += 1
+        self.active += 1
+        rec = _Record(f"{self.tag}-{self.count}", self.count, endpoint)
+        self.records[rec.id] = rec
+        if len(self.records) > MAX_RECORDS:
+            self.records.popitem(last=False)
+        return rec
+
+
+_STATE = web.AppKey("llmtap_sim_state", _State)
+
+
+@dataclass(slots=True)
+class _Call:
+    """One generation request, parsed: facts plus the pre-cut output chunks."""
+
+    id: str
+    model: str
+    created: int
+    input_tokens: int
+    max_tokens: int | None
+    include_usage: bool = False
+    output_tokens: int = 0
+    limited: bool = False
+    chunks: list[bytes] = field(default_factory=list)  # JSON-safe ASCII text of each content chunk
+
+    @property
+    def text(self) -> str:
+        return b"".join(self.chunks).decode()
+
+
+def _words(value: Any) -> int:
+    """Whitespace-separated words in prompt text: strings, token arrays, content parts, messages."""
+    if isinstance(value, str):
+        return len(value.split())
+    if isinstance(value, int) and not isinstance(value, bool):
+        return 1  # one token id of a pre-tokenised prompt
+    if isinstance(value, list):
+        return sum(_words(v) for v in value)
+    if isinstance(value, dict):
+        return _words(value.get("content")) + _words(value.get("text"))
+    return 0
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _sse(obj: Any) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def _event(name: str, obj: Any) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(obj) + b"\n\n"
+
+
+def _rev(kind: str, seq: int, **data: Any) -> bytes:
+    """One Responses API event: `event: kind`, with "type" and "sequence_number" in the data."""
+    return _event(kind, {"type": kind, "sequence_number": seq, **data})
+
+
+def _q(text: bytes) -> bytes:
+    """JSON string literal for ASCII text that needs no escaping (vocabulary words)."""
+    return b'"' + text + b'"'
+
+
+# --- API families -----------------------------------------------------------------------------------
+
+class _Api:
+    """One API family: parse the request, render stream events and the non-streaming body."""
+
+    id_prefix = ""
+    anthropic = False
+
+    def parse(self, body: dict[str, Any], call: _Call) -> None:
+        raise NotImplementedError
+
+    def preamble(self, c: _Call) -> list[bytes]:
+        raise NotImplementedError
+
+    def chunk_maker(self, c: _Call) -> Callable[[int, bytes], bytes]:
+        raise NotImplementedError
+
+    def epilogue(self, c: _Call) -> list[bytes]:
+        raise NotImplementedError
+
+    def error_event(self, c: _Call, sent: int) -> bytes:
+        return _sse({"error": _openai_error(500, "The simulated server had an error mid-stream.")["error"]})
+
+    def body(self, c: _Call) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def error_body(self, status: int, message: str) -> dict[str, Any]:
+        return _openai_error(status, message)
+
+
+_OPENAI_ERRORS = {
+    400: ("invalid_request_error", None), 401: ("invalid_request_error", "invalid_api_key"),
+    403: ("permission_denied", None), 404: ("invalid_request_error", "model_not_found"),
+    429: ("requests", "rate_limit_exceeded"), 500: ("server_error", None), 503: ("server_error", None),
+}
+_ANTHROPIC_ERRORS = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
+    529: "overloaded_error",
+}
+
+
+def _openai_error(status: int, message: str) -> dict[str, Any]:
+    default = ("server_error" if status >= 500 else "invalid_request_error", None)
+    kind, code = _OPENAI_ERRORS.get(status, default)
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+def _anthropic_error(status: int, message: str) -> dict[str, Any]:
+    kind = _ANTHROPIC_ERRORS.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+def _openai_usage(c: _Call) -> dict[str, int]:
+    return {"prompt_tokens": c.input_tokens, "completion_tokens": c.output_tokens,
+            "total_tokens": c.input_tokens + c.output_tokens}
+
+
+def _include_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+class _OpenAIChunks(_Api):
+    """Shared shape of chat and legacy completion chunks: a JSON head, one choice, a tail."""
+
+    object_name = ""
+
+    def _frame(self, c: _Call) -> tuple[bytes, bytes]:
+        head = (b'data: {"id":' + orjson.dumps(c.id) + b',"object":"' + self.object_name.encode()
+                + b'","created":' + str(c.created).encode() + b',"model":' + orjson.dumps(c.model)
+                + b',"system_fingerprint":null,"choices":[')
+        tail = b"]" + (b',"usage":null' if c.include_usage else b"") + b"}\n\n"
+        return head, tail
+
+    def _choice(self, c: _Call, choice: bytes) -> bytes:
+        head, tail = self._frame(c)
+        return head + choice + tail
+
+    def epilogue(self, c: _Call) -> list[bytes]:
+        reason = b'"length"' if c.limited else b'"stop"'
+        events = [self._choice(c, self._finish_choice(reason))]
+        if c.include_usage:
+            usage_chunk = {"id": c.id, "object": self.object_name, "created": c.created, "model": c.model,
+                           "system_fingerprint": None, "choices": [], "usage": _openai_usage(c)}
+            events.append(_sse(usage_chunk))
+        events.append(b"data: [DONE]\n\n")
+        return events
+
+    def _finish_choice(self, reason: bytes) -> bytes:
+        raise NotImplementedError
+
+
+class _Chat(_OpenAIChunks):
+    id_prefix = "chatcmpl-"
+    object_name = "chat.completion.chunk"
+
+    def parse(self, body: dict[str, Any], call: _Call) -> None:
+        call.input_tokens = _words(body.get("messages"))
+        limit = _int_or_none(body.get("max_completion_tokens"))
+        call.max_tokens = limit if limit is not None else _int_or_none(body.get("max_tokens"))
+        call.include_usage = _include_usage(body)
+
+    def preamble(self, c: _Call) -> list[bytes]:
+        role = b'{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}'
+        return [self._choice(c, role)]
+
+    def chunk_maker(self, c: _Call) -> Callable[[int, bytes], bytes]:
+        head, tail = self._frame(c)
+        head += b'{"index":0,"delta":{"content":'
+        tail = b'},"logprobs":null,"finish_reason":null}' + tail
+        return lambda _i, text: head + _q(text) + tail
+
+    def _finish_choice(self, reason: bytes) -> bytes:
+        return b'{"index":0,"delta":{},"logprobs":null,"finish_reason":' + reason + b"}"
+
+    def body(self, c: _Call) -> dict[str, Any]:
+        message = {"role": "assistant", "content": c.text, "refusal": None, "annotations": []}
+        return {
+            "id": c.id, "object": "chat.completion", "created": c.created, "model": c.model,
+            "choices": [{"index": 0, "message": message, "logprobs": None,
+                         "finish_reason": "length" if c.limited else "stop"}],
+            "usage": _openai_usage(c), "system_fingerprint": None,
+        }
+
+
+class _Completions(_OpenAIChunks):
+    id_prefix = "cmpl-"
+    object_name = "text_completion"
+
+    def parse(self, body: dict[str, Any], call: _Call) -> None:
+        call.input_tokens = _words(body.get("prompt"))
+        call.max_tokens = _int_or_none(body.get("max_tokens"))
+        call.include_usage = _include_usage(body)
+
+    def preamble(self, c: _Call) -> list[bytes]:
+        return []
+
+    def chunk_maker(self, c: _Call) -> Callable[[int, bytes], bytes]:
+        head, tail = self._frame(c)
+        head += b'{"text":'
+        tail = b',"index":0,"logprobs":null,"finish_reason":null}' + tail
+        return lambda _i, text: head + _q(text) + tail
+
+    def _finish_choice(self, reason: bytes) -> bytes:
+        return b'{"text":"","index":0,"logprobs":null,"finish_reason":' + reason + b"}"
+
+    def body(self, c: _Call) -> dict[str, Any]:
+        return {
+            "id": c.id, "object": "text_completion", "created": c.created, "model": c.model,
+            "choices": [{"text": c.text, "index": 0, "logprobs": None,
+                         "finish_reason": "length" if c.limited else "stop"}],
+            "usage": _openai_usage(c), "system_fingerprint": None,
+        }
+
+
+class _Responses(_Api):
+    """OpenAI Responses API. A capped output ends as status "incomplete", as OpenAI does."""
+
+    id_prefix = "resp_"
+
+    def parse(self, body: dict[str, Any], call: _Call) -> None:
+        call.input_tokens = _words(body.get("instructions")) + _words(body.get("input"))
+        call.max_tokens = _int_or_none(body.get("max_output_tokens"))
+
+    @staticmethod
+    def _item_id(c: _Call) -> str:
+        return "msg_" + c.id.removeprefix("resp_")
+
+    def _item(self, c: _Call, done: bool) -> dict[str, Any]:
+        content = [self._part(c.text)] if done else []
+        status = ("incomplete" if c.limited else "completed") if done else "in_progress"
+        return {"id": self._item_id(c), "type": "message", "status": status, "role": "assistant",
+                "content": content}
+
+    @staticmethod
+    def _part(text: str) -> dict[str, Any]:
+        return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+    def _response(self, c: _Call, done: bool) -> dict[str, Any]:
+        status = ("incomplete" if c.limited else "completed") if done else "in_progress"
+        usage = {
+            "input_tokens": c.input_tokens, "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": c.output_tokens, "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": c.input_tokens + c.output_tokens,
+        }
+        return {
+            "id": c.id, "object": "response", "created_at": c.created, "status": status, "error": None,
+            "incomplete_details": {"reason": "max_output_tokens"} if done and c.limited else None,
+            "instructions": None, "max_output_tokens": c.max_tokens, "model": c.model,
+            "output": [self._item(c, True)] if done else [], "parallel_tool_calls": True,
+            "previous_response_id": None, "reasoning": {"effort": None, "summary": None}, "store": False,
+            "temperature": 1.0, "text": {"format": {"type": "text"}}, "tool_choice": "auto", "tools": [],
+            "top_p": 1.0, "truncation": "disabled", "usage": usage if done else None, "user": None,
+            "metadata": {},
+        }
+
+    def _ids(self, c: _Call) -> dict[str, Any]:
+        return {"item_id": self._item_id(c), "output_index": 0, "content_index": 0}
+
+    def preamble(self, c: _Call) -> list[bytes]:
+        resp = self._response(c, False)
+        return [
+            _rev("response.created", 0, response=resp),
+            _rev("response.in_progress", 1, response=resp),
+            _rev("response.output_item.added", 2, output_index=0, item=self._item(c, False)),
+            _rev("response.content_part.added", 3, **self._ids(c), part=self._part("")),
+        ]
+
+    def chunk_maker(self, c: _Call) -> Callable[[int, bytes], bytes]:
+        head = (b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","item_id":'
+                + orjson.dumps(self._item_id(c)) + b',"output_index":0,"content_index":0,"delta":')
+        mid = b',"logprobs":[],"sequence_number":'
+        return lambda i, text: head + _q(text) + mid + str(4 + i).encode() + b"}\n\n"
+
+    def epilogue(self, c: _Call) -> list[bytes]:
+        seq = 4 + len(c.chunks)
+        text = c.text
+        final = "response.incomplete" if c.limited else "response.completed"
+        return [
+            _rev("response.output_text.done", seq, **self._ids(c), text=text, logprobs=[]),
+            _rev("response.content_part.done", seq + 1, **self._ids(c), part=self._part(text)),
+            _rev("response.output_item.done", seq + 2, output_index=0, item=self._item(c, True)),
+            _rev(final, seq + 3, response=self._response(c, True)),
+        ]
+
+    def error_event(self, c: _Call, sent: int) -> bytes:
+        return _rev("error", 4 + sent, code="server_error", param=None,
+                    message="The simulated server had an error mid-stream.")
+
+    def body(self, c: _Call) -> dict[str, Any]:
+        return self._response(c, True)
+
+
+class _Messages(_Api):
+    """Anthropic Messages API."""
+
+    id_prefix = "msg_"
+    anthropic = True
+
+    def parse(self, body: dict[str, Any], call: _Call) -> None:
+        call.input_tokens = _words(body.get("system")) + _words(body.get("messages"))
+        call.max_tokens = _int_or_none(body.get("max_tokens"))
+
+    @staticmethod
+    def _stop_reason(c: _Call) -> str:
+        return "max_tokens" if c.limited else "end_turn"
+
+    def preamble(self, c: _Call) -> list[bytes]:
+        message = {
+            "id": c.id, "type": "message", "role": "assistant", "model": c.model, "content": [],
+            "stop_reason": None, "stop_sequence": None,
+            "usage": {"input_tokens": c.input_tokens, "output_tokens": 1,
+                      "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0},
+        }
+        return [
+            _event("message_start", {"type": "message_start", "message": message}),
+            _event("content_block_start", {"type": "content_block_start", "index": 0,
+                                           "content_block": {"type": "text", "text": ""}}),
+            _event("ping", {"type": "ping"}),
+        ]
+
+    def chunk_maker(self, c: _Call) -> Callable[[int, bytes], bytes]:
+        head = (b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+                b'"delta":{"type":"text_delta","text":')
+        return lambda _i, text: head + _q(text) + b"}}\n\n"
+
+    def epilogue(self, c: _Call) -> list[bytes]:
+        return [
+            _event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            _event("message_delta", {"type": "message_delta",
+                                     "delta": {"stop_reason": self._stop_reason(c), "stop_sequence": None},
+                                     "usage": {"output_tokens": c.output_tokens}}),
+            _event("message_stop", {"type": "message_stop"}),
+        ]
+
+    def error_event(self, c: _Call, sent: int) -> bytes:
+        return _event("error", _anthropic_error(529, "Overloaded"))
+
+    def body(self, c: _Call) -> dict[str, Any]:
+        return {
+            "id": c.id, "type": "message", "role": "assistant", "model": c.model,
+            "content": [{"type": "text", "text": c.text}],
+            "stop_reason": self._stop_reason(c), "stop_sequence": None,
+            "usage": {"input_tokens": c.input_tokens, "output_tokens": c.output_tokens,
+                      "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0},
+        }
+
+    def error_body(self, status: int, message: str) -> dict[str, Any]:
+        return _anthropic_error(status, message)
+
+
+# --- handlers ---------------------------------------------------------------------------------------
+
+def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(obj), status=status, headers=headers,
+                        content_type="application/json")
+
+
+def _error_response(api: _Api, status: int, message: str, rec: _Record) -> web.Response:
+    rec.http_status = status
+    rec.status = "error_status"
+    headers = {"x-sim-request-id": rec.id}
+    if status == 429:
+        headers["retry-after"] = "0"
+    return _json(api.error_body(status, message), status, headers)
+
+
+class _Clock:
+    """Arrival time on the loop clock (for scheduling) and on perf_counter (for ground truth)."""
+
+    __slots__ = ("loop", "t0_loop", "t0_perf")
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.t0_loop = self.loop.time()
+        self.t0_perf = time.perf_counter()
+
+    def since(self) -> float:
+        return time.perf_counter() - self.t0_perf
+
+    async def sleep_until(self, offset_s: float) -> None:
+        delay = self.t0_loop + offset_s - self.loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+def _abort(request: web.Request) -> None:
+    """Close the connection after flushing what was written: the client sees a truncated body."""
+    if request.transport is not None:
+        request.transport.close()
+
+
+class _Ctx:
+    """One request in flight: its clock, its ground-truth record, and the response once created."""
+
+    __slots__ = ("clock", "rec", "request", "response", "state")
+
+    def __init__(self, request: web.Request) -> None:
+        self.clock = _Clock()
+        self.request = request
+        self.state = request.app[_STATE]
+        self.rec = self.state.open(request.path)
+        self.response: web.StreamResponse | None = None
+
+    def cancelled(self) -> None:
+        self.rec.status = "cancelled"
+        self.rec.cancelled_at_s = self.clock.since()
+
+    async def send_json(self, obj: Any, headers: dict[str, str]) -> web.Response:
+        response = self.response = _json(obj, headers=headers)
+        await response.prepare(self.request)
+        await response.write_eof()
+        self.rec.first_byte_s = self.clock.since()
+        self.rec.chunk_times_s.append(self.rec.first_byte_s)
+        self.rec.status = "ok"
+        return response
+
+
+_Responder = Callable[["_Ctx", _Api, dict[str, Any], _Knobs], Awaitable[web.StreamResponse]]
+
+
+def _make_handler(api: _Api, respond: _Responder) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """Shared request handling: body, knobs, status errors, ground truth, disconnects."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        ctx = _Ctx(request)
+        try:
+            try:
+                body = orjson.loads(await request.read())
+                if not isinstance(body, dict):
+                    raise ValueError("request body must be a JSON object")
+                knobs = _knobs(ctx.state.profile, request.headers, body.get("sim"))
+            except ValueError as exc:  # orjson.JSONDecodeError is a ValueError
+                return _error_response(api, 400, str(exc), ctx.rec)
+            if knobs.status is not None and knobs.status >= 400:
+                return _error_response(api, knobs.status, f"Simulated error {knobs.status}.", ctx.rec)
+            return await respond(ctx, api, body, knobs)
+        except asyncio.CancelledError:  # client disconnect under handler_cancellation (start_sim)
+            ctx.cancelled()
+            raise
+        except ConnectionResetError:  # client disconnect seen by a write (other runners): end quietly
+            ctx.cancelled()
+            return ctx.response or web.Response()
+        finally:
+            ctx.rec.end_s = ctx.clock.since()
+            ctx.state.active -= 1
+
+    return handler
+
+
+async def _generate(ctx: _Ctx, api: _Api, body: dict[str, Any], knobs: _Knobs) -> web.StreamResponse:
+    rec, clock, state = ctx.rec, ctx.clock, ctx.state
+    model = body.get("model") if isinstance(body.get("model"), str) else state.profile.model
+    call = _Call(id=f"{api.id_prefix}sim{rec.id.replace('-', '')}", model=model, created=int(time.time()),
+                 input_tokens=0, max_tokens=None)
+    api.parse(body, call)
+    call.input_tokens = max(call.input_tokens, 1)
+    n = knobs.tokens if call.max_tokens is None else min(knobs.tokens, call.max_tokens)
+    call.output_tokens, call.limited = n, n < knobs.tokens
+    seed = _int_or_none(body.get("seed"))
+    rng = random.Random(seed if seed is not None else state.profile.seed * 1_000_003 + rec.seq)
+    words = rng.choices(VOCAB, k=n)
+    per = knobs.tokens_per_chunk
+    call.chunks = ["".join(words[i:i + per]).encode() for i in range(0, n, per)]
+    rec.model, rec.input_tokens, rec.output_tokens = model, call.input_tokens, n
+    rec.stream = body.get("stream") is True
+
+    # Absolute schedule of each content chunk (seconds after arrival), non-decreasing with jitter.
+    ttft, itl, jitter = knobs.ttft_ms / 1000, knobs.itl_ms / 1000, knobs.jitter_ms / 1000
+    schedule = [ttft + i * itl for i in range(len(call.chunks))]
+    if jitter > 0:
+        previous = 0.0
+        for i, at in enumerate(schedule):
+            previous = schedule[i] = max(previous, at + rng.uniform(0, jitter))
+
+    headers = {"x-sim-request-id": rec.id, ("request-id" if api.anthropic else "x-request-id"): call.id}
+    if not rec.stream:
+        await clock.sleep_until(schedule[-1] if schedule else ttft)
+        if knobs.fail_after is not None:
+            rec.status = "aborted"
+            _abort(ctx.request)
+            return web.Response()  # never sent: the connection is gone
+        return await ctx.send_json(api.body(call), headers)
+
+    resp = ctx.response = web.StreamResponse(headers={**_SSE_HEADERS, **headers})
+    resp.enable_chunked_encoding()
+    await resp.prepare(ctx.request)
+    for event in api.preamble(call):
+        await resp.write(event)
+    rec.first_byte_s = clock.since()
+
+    stop_at = len(call.chunks)
+    for knob in (knobs.fail_after, knobs.error_event):
+        if knob is not None:
+            stop_at = min(stop_at, knob)
+    make_chunk = api.chunk_maker(call)
+    times = rec.chunk_times_s
+    for i in range(stop_at):
+        payload = make_chunk(i, call.chunks[i])
+        await clock.sleep_until(schedule[i])
+        await resp.write(payload)
+        times.append(clock.since())
+
+    if knobs.fail_after is not None and stop_at == knobs.fail_after:
+        rec.status = "aborted"
+        _abort(ctx.request)
+        return resp
+    if knobs.error_event is not None and stop_at == knobs.error_event:
+        rec.status = "error_event"
+        await resp.write(api.error_event(call, stop_at))
+    else:
+        for event in api.epilogue(call):
+            await resp.write(event)
+        rec.status = "ok"
+    await resp.write_eof()
+    return resp
+
+
+async def _embeddings(ctx: _Ctx, api: _Api, body: dict[str, Any], knobs: _Knobs) -> web.StreamResponse:
+    raw = body.get("input")
+    inputs: list[Any] = raw if isinstance(raw, list) and raw and not isinstance(raw[0], int) else [raw]
+    model = body.get("model") if isinstance(body.get("model"), str) else ctx.state.profile.model
+    use_base64 = body.get("encoding_format") == "base64"  # the openai SDK asks for base64 by default
+    data = []
+    for index, item in enumerate(inputs):
+        vector = _embed(item, ctx.state.profile.seed)
+        value: Any = vector
+        if use_base64:
+            value = base64.b64encode(struct.pack(f"<{EMBEDDING_DIM}f", *vector)).decode()
+        data.append({"object": "embedding", "index": index, "embedding": value})
+    tokens = max(_words(inputs), 1)
+    ctx.rec.model, ctx.rec.input_tokens = model, tokens
+    await ctx.clock.sleep_until(knobs.ttft_ms / 1000)
+    reply = {"object": "list", "data": data, "model": model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    return await ctx.send_json(reply, {"x-sim-request-id": ctx.rec.id})
+
+
+def _embed(item: Any, seed: int) -> list[float]:
+    """A deterministic unit vector for one input."""
+    rng = random.Random(zlib.crc32(orjson.dumps(item)) ^ seed)
+    vector = [rng.uniform(-1.0, 1.0) for _ in range(EMBEDDING_DIM)]
+    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+    return [v / norm for v in vector]
+
+
+async def _models(request: web.Request) -> web.Response:
+    model = request.app[_STATE].profile.model
+    return _json({"object": "list", "data": [{"id": model, "object": "model", "created": 0,
+                                              "owned_by": "llmtap-sim"}]})
+
+
+async def _healthz(_request: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+async def _ground_truth(request: web.Request) -> web.Response:
+    rec = request.app[_STATE].records.get(request.match_info["id"])
+    if rec is None:
+        return _json({"error": "unknown request id"}, status=404)
+    return _json(rec.to_json())
+
+
+async def _stats(request: web.Request) -> web.Response:
+    state = request.app[_STATE]
+    return _json({"requests": state.count, "active": state.active})
+
+
+def create_app(profile: SimProfile | None = None) -> web.Application:
+    """The simulator as an aiohttp application (run it with handler_cancellation=True, see start_sim)."""
+    app = web.Application()
+    app[_STATE] = _State(profile or SimProfile())
+    app.router.add_post("/v1/chat/completions", _make_handler(_Chat(), _generate))
+    app.router.add_post("/v1/completions", _make_handler(_Completions(), _generate))
+    app.router.add_post("/v1/responses", _make_handler(_Responses(), _generate))
+    app.router.add_post("/v1/messages", _make_handler(_Messages(), _generate))
+    app.router.add_post("/v1/embeddings", _make_handler(_Api(), _embeddings))
+    app.router.add_get("/v1/models", _models)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/_sim/requests/{id}", _ground_truth)
+    app.router.add_get("/_sim/stats", _stats)
+    return app
+
+
+@dataclass
+class SimServer:
+    """A running simulator. `url` has no trailing slash and no /v1."""
+
+    host: str
+    port: int
+    profile: SimProfile
+    _runner: web.AppRunner = field(repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def request_record(self, request_id: str) -> dict[str, Any] | None:
+        """In-process access to the ground truth served at /_sim/requests/{id}."""
+        app = self._runner.app
+        rec = app[_STATE].records.get(request_id) if app is not None else None
+        return rec.to_json() if rec is not None else None
+
+    async def close(self) -> None:
+        await self._runner.cleanup()
+
+    async def __aenter__(self) -> SimServer:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
+
+async def start_sim(host: str = "127.0.0.1", port: int = 0, profile: SimProfile | None = None) -> SimServer:
+    """Start the simulator on the running loop; port 0 picks a free port."""
+    profile = profile or SimProfile()
+    # handler_cancellation: a client disconnect cancels the handler at once, even while it sleeps.
+    runner = web.AppRunner(create_app(profile), handler_cancellation=True, access_log=None,
+                           shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound_port = port
+    server = site._server  # aiohttp exposes no public accessor for the bound socket
+    if server is not None and getattr(server, "sockets", None):
+        bound_port = server.sockets[0].getsockname()[1]
+    return SimServer(host=host, port=bound_port, profile=profile, _runner=runner)
+
+
+def run_sim(host: str = "127.0.0.1", port: int = 8000, profile: SimProfile | None = None) -> None:
+    """Serve until Ctrl-C or SIGTERM (for `llmtap sim`)."""
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        sim = await start_sim(host, port, profile)
+        print(f"llmtap sim: serving {sim.profile.model} on {sim.url}", flush=True)
+        try:
+            await stop.wait()
+        finally:
+            await sim.close()
+
+    try:
+        import uvloop  # lower per-timer overhead and tighter wake-ups than the default loop
+
+        run: Callable[[Any], None] = uvloop.run
+    except ImportError:
+        run = asyncio.run
+    with contextlib.suppress(KeyboardInterrupt):
+        run(serve())

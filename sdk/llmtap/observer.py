@@ -1,0 +1,219 @@
+"""Feeds one call's bytes into its Exchange: the part shared by the proxy and the SDK.
+
+The caller forwards each chunk first and then hands it here with its arrival time. Everything in
+this class is guarded: a fault is counted and parsing stops for that call, but it never raises
+into the traffic path. `finish()` runs exactly once and hands the Exchange to the sink (telemetry).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from collections.abc import Mapping
+from typing import Protocol
+
+from llmtap.exchange import Exchange
+from llmtap.providers.base import ProviderAPI, RequestFacts, StreamItem, StreamParser
+from llmtap.tokens import ReferenceTokenizer
+from llmtap.wire.sse import SSEDecoder
+
+logger = logging.getLogger("llmtap.observer")
+
+DEFAULT_MAX_RESPONSE_BODY = 8 * 1024 * 1024
+
+
+class CallSink(Protocol):
+    def trace_headers(self, call: CallObserver) -> dict[str, str]: ...
+
+    def on_facts(self, call: CallObserver) -> None: ...
+
+    def end(self, call: CallObserver) -> None: ...
+
+    def fault(self, where: str) -> None: ...
+
+
+class CallObserver:
+    """One LLM call seen from outside: request body, response headers, then chunks with arrival times."""
+
+    __slots__ = (
+        "_body",
+        "_body_size",
+        "_decompress",
+        "_finished",
+        "_parser",
+        "_sink",
+        "_sse",
+        "_tokenizer",
+        "api",
+        "context",
+        "exchange",
+        "max_response_body",
+        "operation",
+        "wall_sent_ns",
+    )
+
+    def __init__(
+        self,
+        api: ProviderAPI,
+        operation: str,
+        sink: CallSink,
+        tokenizer: ReferenceTokenizer | None,
+        *,
+        max_response_body: int = DEFAULT_MAX_RESPONSE_BODY,
+        context: object = None,
+    ) -> None:
+        self.api = api
+        self.operation = operation
+        self.exchange = Exchange(RequestFacts(api.name, operation, parsed=False))
+        self.context = context  # the sink's per-call state (e.g. the span)
+        self.max_response_body = max_response_body
+        self.wall_sent_ns = time.time_ns()
+        self._sink = sink
+        self._tokenizer = tokenizer
+        self._sse: SSEDecoder | None = None
+        self._parser: StreamParser | None = None
+        self._body: list[bytes] | None = None
+        self._body_size = 0
+        self._decompress: zlib._Decompress | None = None
+        self._finished = False
+
+    # --- request side ---
+    def set_request_body(self, body: bytes) -> None:
+        try:
+            self.exchange.facts = self.api.request_facts(self.operation, body)
+            self._sink.on_facts(self)
+        except Exception:
+            self._fault("request_facts")
+
+    def trace_headers(self) -> dict[str, str]:
+        """W3C trace context to send upstream, so the upstream's spans join this call's trace."""
+        try:
+            return self._sink.trace_headers(self)
+        except Exception:
+            self._fault("trace_headers")
+            return {}
+
+    def mark_received(self, t_ns: int) -> None:
+        self.exchange.t_received_ns = t_ns
+
+    def mark_sent(self, t_ns: int | None = None) -> None:
+        self.wall_sent_ns = time.time_ns()
+        self.exchange.mark_sent(t_ns if t_ns is not None else time.perf_counter_ns())
+
+    # --- response side ---
+    def on_response(self, status: int, headers: Mapping[str, str], t_ns: int) -> None:
+        try:
+            self.exchange.mark_headers(t_ns, status)
+            content_type = headers.get("content-type") or headers.get("Content-Type") or ""
+            encoding = (headers.get("content-encoding") or headers.get("Content-Encoding") or "").lower()
+            if encoding in ("gzip", "deflate", "x-gzip"):
+                self._decompress = zlib.decompressobj(47)  # gzip or zlib, auto-detected
+            elif encoding not in ("", "identity"):
+                return  # br, zstd, ...: forwarded untouched, not read
+            if "text/event-stream" in content_type:
+                self._sse = SSEDecoder()
+                self.exchange.streamed = True
+                self._parser = self.api.stream_parser(self.exchange.facts or RequestFacts(self.api.name, ""))
+            else:
+                self._body = []
+        except Exception:
+            self._fault("on_response")
+
+    def on_chunk(self, chunk: bytes, t_ns: int) -> None:
+        """Called after the chunk was forwarded. Hot path: keep it lean."""
+        exchange = self.exchange
+        if exchange.t_first_chunk_ns is None:
+            exchange.t_first_chunk_ns = t_ns
+        try:
+            if self._decompress is not None:
+                chunk = self._decompress.decompress(chunk)
+            sse = self._sse
+            if sse is not None:
+                events = sse.feed(chunk)
+                if events:
+                    parser = self._parser
+                    assert parser is not None
+                    if len(events) == 1:
+                        items = parser.on_event(events[0])
+                    else:
+                        items = []
+                        for event in events:
+                            items.extend(parser.on_event(event))
+                    if items:
+                        exchange.apply(items, t_ns)
+            elif self._body is not None:
+                self._body_size += len(chunk)
+                if self._body_size <= self.max_response_body:
+                    self._body.append(chunk)
+                else:
+                    self._body = None  # too big to parse; still forwarded
+        except Exception:
+            self._sse = None
+            self._body = None
+            self._fault("on_chunk")
+
+    def fail(self, error_type: str, message: str | None = None) -> None:
+        self.exchange.fail(error_type, message)
+
+    # --- end ---
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    def finish(self, error_type: str | None = None, t_ns: int | None = None) -> None:
+        """Close the call exactly once: parse a buffered body, count tokens, emit."""
+        if self._finished:
+            return
+        self._finished = True
+        exchange = self.exchange
+        exchange.finish(t_ns if t_ns is not None else time.perf_counter_ns())
+        if error_type is not None:
+            exchange.fail(error_type)
+        try:
+            self._read_buffered_body()
+            status = exchange.status_code
+            if status is not None and status >= 400 and error_type is None:
+                exchange.error_type = str(status)  # the status, not the body's vendor-specific type
+            self._count_tokens()
+        except Exception:
+            self._fault("finish")
+        try:
+            self._sink.end(self)
+        except Exception:
+            self._fault("emit")
+
+    def _read_buffered_body(self) -> None:
+        if not self._body:
+            return
+        body = b"".join(self._body)
+        self._body = None
+        if self._decompress is not None:
+            body += self._decompress.flush()
+        exchange = self.exchange
+        items: list[StreamItem] = self.api.response_items(
+            exchange.facts or RequestFacts(self.api.name, ""), body
+        )
+        if items:
+            # A non-streamed response is one chunk: its content arrived with its first byte.
+            exchange.apply(items, exchange.t_first_chunk_ns or exchange.t_end_ns or 0)
+
+    def _count_tokens(self) -> None:
+        tokenizer = self._tokenizer
+        if tokenizer is None:
+            return
+        exchange = self.exchange
+        output = exchange.output_text()
+        if output:
+            exchange.normalized_output_tokens, exchange.normalized_source = tokenizer.count(output)
+        facts = exchange.facts
+        if facts is not None and facts.input_text:
+            exchange.normalized_input_tokens, source = tokenizer.count(facts.input_text)
+            exchange.normalized_source = exchange.normalized_source or source
+
+    def _fault(self, where: str) -> None:
+        logger.debug("observer fault in %s", where, exc_info=True)
+        try:
+            self._sink.fault(where)
+        except Exception:
+            pass

