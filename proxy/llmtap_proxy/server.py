@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import signal
 
 import uvicorn
 
@@ -66,6 +67,10 @@ def serve(settings: Settings) -> None:
     for route in settings.routes:
         logger.info("route %s -> %s%s", route.prefix, route.upstream.origin, route.upstream.base_path)
     logger.info("telemetry: traces %s; metrics %s", traces, metrics)
+    # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal under the handlers that were in place
+    # before it started. With these, that re-raise lands here and we flush and exit 0 ourselves.
+    for handled in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(handled, lambda *_: None)
     try:
         uvicorn.Server(config).run()
     finally:

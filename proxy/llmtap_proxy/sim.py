@@ -84,6 +84,8 @@ class _Knobs:
 
 _KNOB_TYPES: dict[str, type] = {f.name: (float if f.name.endswith("_ms") else int) for f in fields(_Knobs)}
 _HEADER_KNOBS: dict[str, str] = {"x-sim-" + name.replace("_", "-"): name for name in _KNOB_TYPES}
+_MAX_KNOB = 1_000_000  # ms, tokens or chunks: bounds memory and sleeps
+_KNOB_RANGES: dict[str, tuple[int, int]] = {"tokens_per_chunk": (1, _MAX_KNOB), "status": (400, 599)}
 
 
 def _knobs(profile: SimProfile, headers: Mapping[str, str], sim: Any) -> _Knobs:
@@ -99,12 +101,13 @@ def _knobs(profile: SimProfile, headers: Mapping[str, str], sim: Any) -> _Knobs:
             overrides[name] = value
     for name, value in overrides.items():
         try:
-            number = _KNOB_TYPES[name](float(value))
+            number = float(value)
         except (TypeError, ValueError):
-            raise ValueError(f"invalid simulator knob {name}={value!r}") from None
-        if number < 0 or (name == "tokens_per_chunk" and number < 1):
-            raise ValueError(f"invalid simulator knob {name}={value!r}")
-        setattr(knobs, name, number)
+            number = math.nan
+        low, high = _KNOB_RANGES.get(name, (0, _MAX_KNOB))
+        if not low <= number <= high:  # also rejects nan
+            raise ValueError(f"invalid simulator knob {name}={value!r} (allowed: {low}..{high})")
+        setattr(knobs, name, _KNOB_TYPES[name](number))
     return knobs
 
 
@@ -525,21 +528,20 @@ def _error_response(api: _Api, status: int, message: str, rec: _Record) -> web.R
 
 
 class _Clock:
-    """Arrival time on the loop clock (for scheduling) and on perf_counter (for ground truth)."""
+    """Time since the request arrived, on perf_counter (the ground-truth clock)."""
 
-    __slots__ = ("loop", "t0_loop", "t0_perf")
+    __slots__ = ("t0",)
 
     def __init__(self) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.t0_loop = self.loop.time()
-        self.t0_perf = time.perf_counter()
+        self.t0 = time.perf_counter()
 
     def since(self) -> float:
-        return time.perf_counter() - self.t0_perf
+        return time.perf_counter() - self.t0
 
     async def sleep_until(self, offset_s: float) -> None:
-        delay = self.t0_loop + offset_s - self.loop.time()
-        if delay > 0:
+        """Sleep until `offset_s` after arrival, never less (uvloop's ms timers can fire early)."""
+        deadline = self.t0 + offset_s
+        while (delay := deadline - time.perf_counter()) > 0:
             await asyncio.sleep(delay)
 
 
@@ -591,7 +593,7 @@ def _make_handler(api: _Api, respond: _Responder) -> Callable[[web.Request], Awa
                 knobs = _knobs(ctx.state.profile, request.headers, body.get("sim"))
             except ValueError as exc:  # orjson.JSONDecodeError is a ValueError
                 return _error_response(api, 400, str(exc), ctx.rec)
-            if knobs.status is not None and knobs.status >= 400:
+            if knobs.status is not None:
                 return _error_response(api, knobs.status, f"Simulated error {knobs.status}.", ctx.rec)
             return await respond(ctx, api, body, knobs)
         except asyncio.CancelledError:  # client disconnect under handler_cancellation (start_sim)
@@ -752,7 +754,8 @@ class SimServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
     def request_record(self, request_id: str) -> dict[str, Any] | None:
         """In-process access to the ground truth served at /_sim/requests/{id}."""
@@ -779,10 +782,7 @@ async def start_sim(host: str = "127.0.0.1", port: int = 0, profile: SimProfile 
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    bound_port = port
-    server = site._server  # aiohttp exposes no public accessor for the bound socket
-    if server is not None and getattr(server, "sockets", None):
-        bound_port = server.sockets[0].getsockname()[1]
+    bound_port = runner.addresses[0][1]  # the real port when port=0
     return SimServer(host=host, port=bound_port, profile=profile, _runner=runner)
 
 

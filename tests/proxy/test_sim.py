@@ -203,7 +203,8 @@ async def test_embeddings_models_healthz(sim: SimServer, http: aiohttp.ClientSes
 
 # --- timing and ground truth ------------------------------------------------------------------------
 
-async def test_timing_matches_schedule(sim: SimServer, http: aiohttp.ClientSession) -> None:
+async def _timing_problems(sim: SimServer, http: aiohttp.ClientSession) -> list[str]:
+    """Stream with ttft 60 ms, itl 15 ms; compare client arrivals and ground truth with the schedule."""
     headers = {"x-sim-ttft-ms": "60", "x-sim-itl-ms": "15", "x-sim-tokens": "6"}
     sent = time.perf_counter()
     arrivals: list[float] = []
@@ -211,23 +212,42 @@ async def test_timing_matches_schedule(sim: SimServer, http: aiohttp.ClientSessi
         async for chunk in resp.content.iter_any():
             if b'"content":"' in chunk and b'"content":""' not in chunk:
                 arrivals.append(time.perf_counter() - sent)
-    assert len(arrivals) == 6
-    assert 0.059 <= arrivals[0] <= 0.070  # client-side TTFT
     gt = await record(http, sim, resp)
-    assert gt["status"] == "ok" and gt["content_chunks"] == 6
-    assert gt["first_byte_s"] < 0.01  # preamble (role chunk) goes out on arrival
-    for i, at in enumerate(gt["chunk_times_s"]):
-        assert 0 <= at - (0.060 + i * 0.015) < 0.004, (i, at)
+    assert gt["status"] == "ok" and gt["content_chunks"] == len(arrivals) == 6
     assert gt["ttft_s"] == gt["chunk_times_s"][0]
+    late = [at - (0.060 + i * 0.015) for i, at in enumerate(gt["chunk_times_s"])]
+    assert min(late) >= 0, late  # never early
+    problems = []
+    if not 0.059 <= arrivals[0] <= 0.068:
+        problems.append(f"client-side TTFT {arrivals[0]:.4f}")
+    if max(late) >= 0.004:
+        problems.append(f"ground truth late by {max(late):.4f}")
+    if gt["first_byte_s"] >= 0.01:  # the preamble (role chunk) goes out on arrival
+        problems.append(f"first byte at {gt['first_byte_s']:.4f}")
+    return problems
+
+
+async def test_timing_matches_schedule(sim: SimServer, http: aiohttp.ClientSession) -> None:
+    for _ in range(3):  # a busy shared machine can deschedule us; one clean run of three is required
+        problems = await _timing_problems(sim, http)
+        if not problems:
+            break
+    assert not problems
 
 
 async def test_jitter_is_seeded_and_never_early(sim: SimServer, http: aiohttp.ClientSession) -> None:
-    headers = {"x-sim-ttft-ms": "5", "x-sim-itl-ms": "2", "x-sim-jitter-ms": "6", "x-sim-tokens": "10"}
-    resp, _ = await post(http, sim, "/v1/chat/completions", CHAT, headers)
-    times = (await record(http, sim, resp))["chunk_times_s"]
-    assert times == sorted(times)
-    for i, at in enumerate(times):
-        assert 0.005 + i * 0.002 <= at < 0.005 + i * 0.002 + 0.006 + 0.004
+    headers = {"x-sim-ttft-ms": "5", "x-sim-itl-ms": "2", "x-sim-jitter-ms": "6", "x-sim-tokens": "10",
+               "x-sim-tokens-per-chunk": "1"}
+    body = {**CHAT, "seed": 7}
+    offsets = []
+    for _ in range(2):
+        resp, _ = await post(http, sim, "/v1/chat/completions", body, headers)
+        times = (await record(http, sim, resp))["chunk_times_s"]
+        assert times == sorted(times)
+        offsets.append([at - (0.005 + i * 0.002) for i, at in enumerate(times)])
+    assert min(min(o) for o in offsets) >= 0  # jitter only ever delays
+    assert min(max(o) for o in offsets) < 0.006 + 0.004  # within the jitter (+ scheduling slack)
+    assert max(offsets[0]) > 0.001  # and it does delay (seed 7 draws several ms)
 
 
 async def test_ground_truth_and_stats(sim: SimServer, http: aiohttp.ClientSession) -> None:
@@ -257,10 +277,13 @@ async def test_status_knob_openai_and_anthropic_shapes(sim: SimServer, http: aio
     assert (await record(http, sim, resp))["http_status"] == 500
 
 
-async def test_bad_json_is_400(sim: SimServer, http: aiohttp.ClientSession) -> None:
+async def test_bad_json_and_bad_knobs_are_400(sim: SimServer, http: aiohttp.ClientSession) -> None:
     async with http.post(sim.url + "/v1/chat/completions", data=b"{nope") as resp:
         assert resp.status == 400
         assert (await resp.json())["error"]["type"] == "invalid_request_error"
+    for headers in ({"x-sim-tokens": "inf"}, {"x-sim-ttft-ms": "-1"}, {"x-sim-status": "200"}):
+        resp, raw = await post(http, sim, "/v1/messages", {"messages": []}, headers)
+        assert resp.status == 400 and orjson.loads(raw)["error"]["type"] == "invalid_request_error"
 
 
 async def test_fail_after_truncates_chunked_body(sim: SimServer, http: aiohttp.ClientSession) -> None:

@@ -232,7 +232,7 @@ def test_text_stream() -> None:
     )
     assert parse_stream(body) == [
         ResponseInfo(MODEL, MSG_ID),
-        UsageReport(input_tokens=25, output_tokens=1),
+        UsageReport(input_tokens=25),  # message_start output_tokens is a placeholder: dropped
         ContentDelta("Hello", TEXT),
         ContentDelta("!", TEXT),
         Finish("end_turn"),
@@ -280,7 +280,7 @@ def test_cached_input_is_included_in_input_tokens() -> None:
         sse(message_start(**usage, output_tokens=1), message_delta("end_turn", **usage, output_tokens=50))
     )
     expected = {"input_tokens": 2110, "cache_read_input_tokens": 2000, "cache_creation_input_tokens": 100}
-    assert items[1] == UsageReport(output_tokens=1, **expected)
+    assert items[1] == UsageReport(**expected)  # the message_start placeholder output count is dropped
     assert items[-1] == UsageReport(output_tokens=50, **expected)
     # cache fields without input_tokens: reported as they are, no total invented
     assert parse_stream(sse(message_delta("end_turn", cache_read_input_tokens=5)))[-1] == UsageReport(

@@ -262,7 +262,11 @@ class AnthropicStreamParser(StreamParser):
             out.append(ResponseInfo(model, rid))
         usage = message.get("usage")
         if type(usage) is dict:
-            out.append(_usage(usage))
+            report = _usage(usage)
+            # message_start's output_tokens is a placeholder (usually 1); message_delta has the count.
+            # Keeping it would pass for a provider count if the stream died before message_delta.
+            report.output_tokens = None
+            out.append(report)
         return out or NO_ITEMS
 
     @staticmethod
