@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,13 @@ class Captured:
 
     def genai_spans(self) -> list[ReadableSpan]:
         return [s for s in self.spans() if s.attributes and "gen_ai.operation.name" in s.attributes]
+
+    async def wait_for_genai_spans(self, count: int, timeout: float = 3.0) -> list[ReadableSpan]:
+        """The proxy ends a span when the upstream body ends, which can be after the client has stopped reading."""
+        deadline = time.perf_counter() + timeout
+        while len(self.genai_spans()) < count and time.perf_counter() < deadline:
+            await asyncio.sleep(0.01)
+        return self.genai_spans()
 
     def metrics(self) -> dict[str, list[Any]]:
         """Metric name -> data points."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import anthropic
 import openai
@@ -21,7 +23,9 @@ async def ground_truth(sim: SimServer, request_id: str) -> dict:
         return await response.json()
 
 
-def only_span(captured: Captured):
+async def only_span(captured: Captured):
+    spans = await captured.wait_for_genai_spans(1)
+    await asyncio.sleep(0.05)  # and no second one
     spans = captured.genai_spans()
     assert len(spans) == 1, [s.name for s in spans]
     return spans[0]
@@ -29,6 +33,25 @@ def only_span(captured: Captured):
 
 def points(captured: Captured, name: str) -> list:
     return captured.metrics().get(name, [])
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def warm_sdks(sim: SimServer) -> None:
+    """The SDKs build their response models on first use, holding the GIL for tens of milliseconds;
+    that would bunch chunks in the (threaded) proxy. Pay it once, directly against the simulator."""
+    client = openai.AsyncOpenAI(base_url=sim.url + "/v1", api_key="x")
+    async for _ in await client.chat.completions.create(
+        model="warm", messages=PROMPT, stream=True, stream_options={"include_usage": True}
+    ):
+        pass
+    await client.chat.completions.create(model="warm", messages=PROMPT)
+    async for _ in await client.responses.create(model="warm", input="hi", stream=True):
+        pass
+    await client.embeddings.create(model="warm", input="hi")
+    claude = anthropic.AsyncAnthropic(base_url=sim.url, api_key="x", open_telemetry={"traces": False})
+    async with claude.messages.stream(model="warm", max_tokens=3, messages=PROMPT) as stream:
+        await stream.get_final_message()
+    await claude.messages.create(model="warm", max_tokens=3, messages=PROMPT)
 
 
 @pytest.fixture
@@ -61,7 +84,7 @@ async def test_openai_chat_stream(oai: openai.AsyncOpenAI, captured: Captured, s
     truth = await ground_truth(sim, raw.headers["x-sim-request-id"])
     assert len(text.split()) == truth["output_tokens"] == 10
 
-    span = only_span(captured)
+    span = await only_span(captured)
     a = span.attributes
     assert span.name == "chat sim-small"
     assert span.kind.name == "CLIENT"
@@ -104,7 +127,7 @@ async def test_openai_chat_stream(oai: openai.AsyncOpenAI, captured: Captured, s
 async def test_openai_chat_non_streaming(oai: openai.AsyncOpenAI, captured: Captured) -> None:
     completion = await oai.chat.completions.create(model="sim-small", messages=PROMPT, max_tokens=5)
     assert len(completion.choices[0].message.content.split()) == 5
-    a = only_span(captured).attributes
+    a = (await only_span(captured)).attributes
     assert a["gen_ai.request.stream"] is False
     assert a["gen_ai.usage.output_tokens"] == completion.usage.completion_tokens == 5
     assert a["gen_ai.usage.input_tokens"] == completion.usage.prompt_tokens
@@ -117,7 +140,7 @@ async def test_openai_chat_non_streaming(oai: openai.AsyncOpenAI, captured: Capt
 async def test_openai_embeddings(oai: openai.AsyncOpenAI, captured: Captured) -> None:
     result = await oai.embeddings.create(model="sim-embed", input=["one two three", "four five"])
     assert len(result.data) == 2
-    span = only_span(captured)
+    span = await only_span(captured)
     assert span.name == "embeddings sim-embed"
     assert span.attributes["gen_ai.operation.name"] == "embeddings"
     assert span.attributes["gen_ai.usage.input_tokens"] == result.usage.prompt_tokens == 5
@@ -133,7 +156,7 @@ async def test_openai_responses_stream(oai: openai.AsyncOpenAI, captured: Captur
         elif event.type in ("response.completed", "response.incomplete"):
             final = event.response  # incomplete: max_output_tokens reached
     assert final is not None and len(text.split()) == 8
-    a = only_span(captured).attributes
+    a = (await only_span(captured)).attributes
     assert a["gen_ai.operation.name"] == "chat" and a["gen_ai.request.max_tokens"] == 8
     assert a["gen_ai.usage.output_tokens"] == final.usage.output_tokens == 8
     assert a["gen_ai.usage.input_tokens"] == final.usage.input_tokens
@@ -148,7 +171,7 @@ async def test_anthropic_messages_stream(claude: anthropic.AsyncAnthropic, captu
         text = "".join([piece async for piece in stream.text_stream])
         message = await stream.get_final_message()
     assert len(text.split()) == 9 and message.usage.output_tokens == 9
-    span = only_span(captured)
+    span = await only_span(captured)
     a = span.attributes
     assert span.name == "chat sim-claude"
     assert a["gen_ai.provider.name"] == "anthropic"
@@ -165,6 +188,6 @@ async def test_anthropic_messages_stream(claude: anthropic.AsyncAnthropic, captu
 async def test_anthropic_messages_create(claude: anthropic.AsyncAnthropic, captured: Captured) -> None:
     message = await claude.messages.create(model="sim-claude", max_tokens=4, messages=PROMPT)
     assert len(message.content[0].text.split()) == 4
-    a = only_span(captured).attributes
+    a = (await only_span(captured)).attributes
     assert a["gen_ai.request.stream"] is False
     assert a["gen_ai.usage.output_tokens"] == 4 and a["gen_ai.usage.input_tokens"] == message.usage.input_tokens

@@ -57,10 +57,8 @@ async def slow_upstream(events: dict[str, float], *, header_delay: float, itl: f
         await runner.cleanup()
 
 
-async def wait_for_spans(captured: Captured, count: int, timeout: float = 3.0) -> None:
-    deadline = time.perf_counter() + timeout
-    while len(captured.genai_spans()) < count and time.perf_counter() < deadline:
-        await asyncio.sleep(0.01)
+async def wait_for_spans(captured: Captured, count: int) -> None:
+    await captured.wait_for_genai_spans(count)
 
 
 def one_span_with_error(captured: Captured, error_type: str) -> None:

@@ -71,7 +71,7 @@ async def test_streams_chunk_for_chunk_without_buffering(captured: Captured) -> 
     assert sent_before_ack == [True] * 5
     text = b"".join(chunks)
     assert text.count(b"data: ") == 6 and text.endswith(b"data: [DONE]\n\n")
-    [span] = captured.genai_spans()
+    [span] = await captured.wait_for_genai_spans(1)
     assert span.attributes["llmtap.content_chunks"] == 5
 
 

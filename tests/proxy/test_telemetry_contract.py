@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import aiohttp
@@ -49,7 +50,7 @@ async def test_content_is_not_captured_by_default(sim: SimServer, captured: Capt
         await post_stream(proxy.url, chat_body())
     exported = everything_exported(captured)
     assert "capital of France" not in exported and "Be brief" not in exported
-    [span] = captured.genai_spans()
+    [span] = await captured.wait_for_genai_spans(1)
     assert "gen_ai.input.messages" not in span.attributes and "gen_ai.output.messages" not in span.attributes
 
 
@@ -63,7 +64,7 @@ async def test_content_capture_opt_in_uses_semconv_message_shape(sim: SimServer,
         for line in raw.split(b"\n") if line.startswith(b"data: {")
         for chunk in [orjson.loads(line[6:])] if chunk["choices"]
     )
-    [span] = captured.genai_spans()
+    [span] = await captured.wait_for_genai_spans(1)
     inputs = orjson.loads(span.attributes["gen_ai.input.messages"])
     assert inputs == [
         {"role": "system", "parts": [{"type": "text", "content": "Be brief."}]},
@@ -87,7 +88,7 @@ async def test_secrets_never_reach_telemetry_or_logs(sim: SimServer, caplog, mon
                 assert response.status == 200
             async with session.post(proxy.url + CHAT, json=chat_body(), headers={**headers, "x-sim-status": "401"}):
                 pass
-    assert len(captured.genai_spans()) == 3
+    assert len(await captured.wait_for_genai_spans(3)) == 3
     exported = everything_exported(captured)
     assert SECRET not in exported and "Bearer" not in exported
     assert SECRET not in caplog.text
@@ -98,7 +99,8 @@ async def test_cold_start_is_the_first_call_per_upstream_and_model(sim: SimServe
     async with run_proxy(proxy_settings(sim.url), captured.telemetry) as proxy:
         for model in ("sim-a", "sim-a", "sim-b", "sim-a"):
             await post_stream(proxy.url, chat_body(model))
-    flags = [(s.attributes["gen_ai.request.model"], s.attributes["llmtap.cold_start"]) for s in captured.genai_spans()]
+    spans = await captured.wait_for_genai_spans(4)
+    flags = [(s.attributes["gen_ai.request.model"], s.attributes["llmtap.cold_start"]) for s in spans]
     assert flags == [("sim-a", True), ("sim-a", False), ("sim-b", True), ("sim-a", False)]
     cold = {p.attributes["gen_ai.request.model"]: p.value for p in captured.metrics()["llmtap.cold_starts"]}
     assert cold == {"sim-a": 1, "sim-b": 1}
@@ -112,7 +114,7 @@ async def test_cold_start_after_idle_threshold(sim: SimServer) -> None:
     async with run_proxy(proxy_settings(sim.url), captured.telemetry) as proxy:
         await post_stream(proxy.url, chat_body())
         await post_stream(proxy.url, chat_body())
-    assert [s.attributes["llmtap.cold_start"] for s in captured.genai_spans()] == [True, True]
+    assert [s.attributes["llmtap.cold_start"] for s in await captured.wait_for_genai_spans(2)] == [True, True]
 
 
 class BrokenTelemetry(Telemetry):
@@ -129,6 +131,7 @@ async def test_a_telemetry_fault_never_changes_what_the_client_receives(sim: Sim
     async with run_proxy(proxy_settings(sim.url), broken.telemetry) as proxy:
         for _ in range(3):
             received = await post_stream(proxy.url, {**chat_body(), "seed": 3})
+        await asyncio.sleep(0.2)  # the third call's telemetry runs after its last byte
     strip = lambda raw: [  # noqa: E731 - per-request ids differ, the rest must not
         {k: v for k, v in orjson.loads(line[6:]).items() if k not in ("id", "created")}
         for line in raw.split(b"\n") if line.startswith(b"data: {")
@@ -160,7 +163,7 @@ async def test_trace_context_joins_the_callers_trace_and_travels_upstream(captur
                     assert r.status == 200
     finally:
         await runner.cleanup()
-    [span] = captured.genai_spans()
+    [span] = await captured.wait_for_genai_spans(1)
     assert format(span.context.trace_id, "032x") == parent_trace
     assert format(span.parent.span_id, "016x") == "00f067aa0ba902b7"
     assert seen == [f"00-{parent_trace}-{format(span.context.span_id, '016x')}-01"]
