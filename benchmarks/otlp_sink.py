@@ -80,24 +80,37 @@ def decode(bodies: dict[str, list[tuple[str, bytes]]]) -> dict[str, Any]:
                 for span in scope_spans.spans:
                     span_names[span.name] += 1
     metric_points: Counter[str] = Counter()
+    histograms: dict[str, dict[str, float]] = {}  # name -> {"count", "sum"} over all data points
     for encoding, body in bodies["metrics"]:
         try:
             request = ExportMetricsServiceRequest.FromString(_plain(encoding, body))
         except Exception:
             errors += 1
             continue
+        seen: dict[str, dict[str, float]] = {}
         for resource_metrics in request.resource_metrics:
             for scope_metrics in resource_metrics.scope_metrics:
                 for metric in scope_metrics.metrics:
                     kind = metric.WhichOneof("data")
                     points = getattr(metric, kind).data_points if kind else []
                     metric_points[metric.name] += len(points)
+                    if kind == "histogram":
+                        totals = seen.setdefault(metric.name, {"count": 0, "sum": 0.0, "delta": 0})
+                        totals["count"] += sum(p.count for p in points)
+                        totals["sum"] += sum(p.sum for p in points)
+                        totals["delta"] = int(metric.histogram.aggregation_temporality == 1)
+        for name, totals in seen.items():
+            if totals.pop("delta") and name in histograms:  # delta: add up; cumulative: the latest wins
+                histograms[name] = {k: histograms[name][k] + totals[k] for k in totals}
+            else:
+                histograms[name] = totals
     return {
         "decoded": True,
         "decode_errors": errors,
         "spans": sum(span_names.values()),
         "span_names": dict(span_names.most_common(10)),
         "metric_names": sorted(metric_points),
+        "histograms": histograms,
     }
 
 

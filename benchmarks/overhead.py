@@ -57,6 +57,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 TARGETS = ("direct", "proxied")
 ITL_P50_TARGET_MS = 0.5
+SLOW_GAP_MS = 10.0  # an ITL sample counts as slow when it exceeds the backend's itl by this much
 VERSIONED = ("aiohttp", "uvicorn", "starlette", "opentelemetry-sdk", "uvloop", "httptools", "orjson", "llmtap")
 _perf_ns = time.perf_counter_ns
 
@@ -469,7 +470,7 @@ async def run(ctx: Context) -> dict[str, Any]:
 FIGURES = (("ttft", "TTFT"), ("itl", "ITL"), ("lag", "chunk lag"))
 
 
-def summarise(phases: list[Phase], concurrency: int, tokens: int) -> dict[str, Any]:
+def summarise(phases: list[Phase], concurrency: int, tokens: int, itl_ms: float) -> dict[str, Any]:
     reps: dict[int, dict[str, Phase]] = {}
     for phase in phases:
         if phase.concurrency == concurrency:
@@ -505,7 +506,16 @@ def summarise(phases: list[Phase], concurrency: int, tokens: int) -> dict[str, A
         busy = sum(p.cpu_busy_s.get(cpu, 0.0) - sum(getattr(p, a) for a in ours) for p in items)
         return max(busy, 0.0) / wall if wall else math.nan
 
+    slow_ns = int((itl_ms + SLOW_GAP_MS) * 1e6)
+
+    def slow_gaps(items: list[Phase]) -> dict[str, int]:
+        gaps = [(i >= len(s.itl_ns) - 3, g) for p in items for s in p.samples for i, g in enumerate(s.itl_ns)]
+        return {"gaps": len(gaps), "slow": sum(g > slow_ns for _, g in gaps),
+                "slow_in_last_3": sum(last and g > slow_ns for last, g in gaps),
+                "max_ms": max((g for _, g in gaps), default=0) / 1e6}
+
     out.update({
+        "slow_gaps": {"direct": slow_gaps(direct), "proxied": slow_gaps(proxied)},
         "requests_per_target": sum(len(p.samples) for p in proxied),
         "errors": {t: sum(len(p.errors) for p in ph) for t, ph in (("direct", direct), ("proxied", proxied))},
         "first_errors": [e for p in direct + proxied for e in p.errors][:5],
@@ -573,6 +583,18 @@ def resource_table(summaries: list[dict[str, Any]], rss: dict[str, int | None]) 
             f"{_pct(s['foreign_cpu0_share']['proxied'])} / {_pct(s['foreign_cpu1_share']['proxied'])} | "
             f"{s['errors']['direct']} / {s['errors']['proxied']} |"
         )
+    lines += [
+        "",
+        f"Slow gaps (ITL samples more than {SLOW_GAP_MS:g} ms above the backend's ITL), direct / proxied:",
+        "",
+        "| concurrency | gaps per target | slow gaps d / p | of which among the last 3 gaps of a stream d / p "
+        "| largest gap d / p (ms) |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for s in summaries:
+        d, p = s["slow_gaps"]["direct"], s["slow_gaps"]["proxied"]
+        lines.append(f"| {s['concurrency']} | {p['gaps']} | {d['slow']} / {p['slow']} | "
+                     f"{d['slow_in_last_3']} / {p['slow_in_last_3']} | {d['max_ms']:.1f} / {p['max_ms']:.1f} |")
     rss_line = ", ".join(f"{k.replace('_', ' ')}: {v / 1024:.1f} MiB" for k, v in rss.items() if v is not None)
     return "\n".join(lines) + f"\n\nProxy memory (VmRSS; peak is VmHWM): {rss_line}."
 
@@ -599,9 +621,8 @@ def verdict(summaries: list[dict[str, Any]]) -> str:
 
 def render(ctx: Context, result: dict[str, Any], summaries: list[dict[str, Any]], command: str) -> str:
     args, work = ctx.args, ctx.work
-    b, tel, layout = result["bytes"], result["telemetry"], result["layout"]
+    b, layout = result["bytes"], result["layout"]
     started = result["started"]
-    proxied_requests = sum(len(p.samples) for p in result["phases"] if p.target == "proxied")
     pinning = ", ".join(f"{name} (pid {v['pid']}): CPUs {'/'.join(v['cpus'])}{'' if v['ok'] else ' (NOT as intended)'}"
                         for name, v in layout.items())
     vers = ", ".join(f"{k} {v}" for k, v in versions().items())
@@ -658,11 +679,7 @@ def render(ctx: Context, result: dict[str, Any], summaries: list[dict[str, Any]]
         "per-request id and a wall-clock `created` second in each chunk, so two direct requests differ too: "
         f"raw equal {b['control_direct_vs_direct_raw_equal']}, normalised equal "
         f"{b['control_direct_vs_direct_normalised_equal']}.)",
-        f"- OTLP sink: traces {tel['traces']['requests']} requests / {tel['traces']['bytes']} bytes, metrics "
-        f"{tel['metrics']['requests']} requests / {tel['metrics']['bytes']} bytes"
-        + (f"; {tel['spans']} spans decoded for {proxied_requests + 1 + _warmup_requests(args)} proxied requests "
-           f"(measured + warm-up + byte check)" if tel.get("decoded") else "")
-        + f". Proxy exit status after SIGTERM: {result['proxy_exit']}.",
+        telemetry_line(result, ctx),
         "",
         "## How to read this",
         "- **added** is the median over repetitions of (proxied - direct) for that percentile, each repetition "
@@ -701,8 +718,27 @@ def render(ctx: Context, result: dict[str, Any], summaries: list[dict[str, Any]]
     return "\n".join(out) + "\n"
 
 
-def _warmup_requests(args: argparse.Namespace) -> int:
-    return sum(c for c in args.concurrency) * args.repetitions
+def telemetry_line(result: dict[str, Any], ctx: Context) -> str:
+    """What reached the OTLP sink, checked against the proxied traffic the client saw."""
+    tel, args = result["telemetry"], ctx.args
+    measured = [s for p in result["phases"] if p.target == "proxied" for s in p.samples]
+    warmups = sum(args.concurrency) * args.repetitions  # one wave of c 2-token streams per proxied phase
+    requests = len(measured) + warmups + 1  # + the byte check
+    gaps = sum(len(s.itl_ns) for s in measured) + warmups + (ctx.work.tokens - 1)
+    line = (f"- OTLP sink: traces {tel['traces']['requests']} requests / {tel['traces']['bytes']} bytes, "
+            f"metrics {tel['metrics']['requests']} requests / {tel['metrics']['bytes']} bytes. "
+            f"Proxied LLM calls in the run (measured + warm-up + byte check): {requests}")
+    if tel.get("decoded"):
+        hist = tel.get("histograms", {})
+        duration = hist.get("gen_ai.client.operation.duration", {})
+        chunk = hist.get("gen_ai.client.operation.time_per_output_chunk", {})
+        overhead = hist.get("llmtap.proxy.overhead", {})
+        line += (f"; spans received: {tel['spans']}; duration histogram count: {duration.get('count', 'n/a')}; "
+                 f"ITL histogram count: {chunk.get('count', 'n/a')} (client saw {gaps} gaps)")
+        if overhead.get("count"):
+            line += (f"; the proxy's own `llmtap.proxy.overhead` (body received -> sent upstream) averaged "
+                     f"{overhead['sum'] / overhead['count'] * 1e3:.3f} ms")
+    return line + f". Proxy exit status after SIGTERM: {result['proxy_exit']}."
 
 
 # --- main --------------------------------------------------------------------------------------------
@@ -801,7 +837,7 @@ def main(argv: list[str] | None = None) -> int:
         result["duration_s"] = time.perf_counter() - t_start
         result["loadavg_start"] = " ".join(loadavg_start)
         result["loadavg_end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-        summaries = [summarise(result["phases"], c, args.tokens) for c in args.concurrency]
+        summaries = [summarise(result["phases"], c, args.tokens, args.itl_ms) for c in args.concurrency]
         print()
         print(latency_table(summaries))
         print()

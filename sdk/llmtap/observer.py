@@ -16,7 +16,7 @@ from typing import Protocol
 from llmtap.exchange import Exchange
 from llmtap.providers.base import ProviderAPI, RequestFacts, StreamItem, StreamParser
 from llmtap.tokens import ReferenceTokenizer
-from llmtap.wire.sse import SSEDecoder
+from llmtap.wire import StreamDecoder, decoder_for
 
 logger = logging.getLogger("llmtap.observer")
 
@@ -43,7 +43,7 @@ class CallObserver:
         "_finished",
         "_parser",
         "_sink",
-        "_sse",
+        "_stream",
         "_tokenizer",
         "api",
         "context",
@@ -71,7 +71,7 @@ class CallObserver:
         self.wall_sent_ns = time.time_ns()
         self._sink = sink
         self._tokenizer = tokenizer
-        self._sse: SSEDecoder | None = None
+        self._stream: StreamDecoder | None = None
         self._parser: StreamParser | None = None
         self._body: list[bytes] | None = None
         self._body_size = 0
@@ -111,8 +111,10 @@ class CallObserver:
                 self._decompress = zlib.decompressobj(47)  # gzip or zlib, auto-detected
             elif encoding not in ("", "identity"):
                 return  # br, zstd, ...: forwarded untouched, not read
-            if "text/event-stream" in content_type:
-                self._sse = SSEDecoder()
+            stream_format = self.api.stream_format(content_type) if status < 400 else None
+            decoder = decoder_for(stream_format) if stream_format else None
+            if decoder is not None:
+                self._stream = decoder
                 self.exchange.streamed = True
                 self._parser = self.api.stream_parser(self.exchange.facts or RequestFacts(self.api.name, ""))
             else:
@@ -128,9 +130,9 @@ class CallObserver:
         try:
             if self._decompress is not None:
                 chunk = self._decompress.decompress(chunk)
-            sse = self._sse
-            if sse is not None:
-                events = sse.feed(chunk)
+            stream = self._stream
+            if stream is not None:
+                events = stream.feed(chunk)
                 if events:
                     parser = self._parser
                     assert parser is not None
@@ -149,7 +151,7 @@ class CallObserver:
                 else:
                     self._body = None  # too big to parse; still forwarded
         except Exception:
-            self._sse = None
+            self._stream = None
             self._body = None
             self._fault("on_chunk")
 
@@ -184,6 +186,12 @@ class CallObserver:
             self._fault("emit")
 
     def _read_buffered_body(self) -> None:
+        if self._stream is not None and self._parser is not None:
+            items: list[StreamItem] = []
+            for event in self._stream.close():
+                items.extend(self._parser.on_event(event))
+            if items:
+                self.exchange.apply(items, self.exchange.t_end_ns or 0)
         if not self._body:
             return
         body = b"".join(self._body)
@@ -191,7 +199,7 @@ class CallObserver:
         if self._decompress is not None:
             body += self._decompress.flush()
         exchange = self.exchange
-        items: list[StreamItem] = self.api.response_items(
+        items = self.api.response_items(
             exchange.facts or RequestFacts(self.api.name, ""), body
         )
         if items:

@@ -102,9 +102,14 @@ class ProviderAPI(ABC):
     def request_facts(self, operation: str, body: bytes) -> RequestFacts:
         """Facts from the request body. Never raises: a body it can't read gives parsed=False."""
 
+    def stream_format(self, content_type: str) -> str | None:
+        """The wire framing of a streamed response with this content type ("sse", "ndjson", ...; see
+        `llmtap.wire.decoder_for`), or None when the body is one JSON document to read at the end."""
+        return "sse" if "text/event-stream" in content_type else None
+
     @abstractmethod
     def stream_parser(self, facts: RequestFacts) -> StreamParser:
-        """A fresh parser for one streamed (SSE) response."""
+        """A fresh parser for one streamed response; it receives the events of `stream_format`'s decoder."""
 
     @abstractmethod
     def response_items(self, facts: RequestFacts, body: bytes) -> list[StreamItem]:
