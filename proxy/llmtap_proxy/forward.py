@@ -118,6 +118,7 @@ class Forwarder:
                 server_address=route.upstream.host,
                 server_port=route.upstream.port,
                 parent_headers=headers,
+                path=target,
             )
         except Exception:
             self.telemetry.fault("observe")

@@ -50,6 +50,7 @@ class CallObserver:
         "exchange",
         "max_response_body",
         "operation",
+        "path",
         "wall_sent_ns",
     )
 
@@ -62,9 +63,11 @@ class CallObserver:
         *,
         max_response_body: int = DEFAULT_MAX_RESPONSE_BODY,
         context: object = None,
+        path: str = "",
     ) -> None:
         self.api = api
         self.operation = operation
+        self.path = path  # the request path as the upstream sees it
         self.exchange = Exchange(RequestFacts(api.name, operation, parsed=False))
         self.context = context  # the sink's per-call state (e.g. the span)
         self.max_response_body = max_response_body
@@ -81,7 +84,7 @@ class CallObserver:
     # --- request side ---
     def set_request_body(self, body: bytes) -> None:
         try:
-            self.exchange.facts = self.api.request_facts(self.operation, body)
+            self.exchange.facts = self.api.request_facts(self.operation, body, self.path)
             self._sink.on_facts(self)
         except Exception:
             self._fault("request_facts")

@@ -158,6 +158,7 @@ class Telemetry:
         server_port: int,
         parent_headers: Mapping[str, str] | None = None,
         observer_name: str | None = None,
+        path: str = "",
     ) -> CallObserver:
         """Start observing one LLM call: opens its span and counts it as active."""
         parent = propagate.extract(parent_headers) if parent_headers else None
@@ -172,7 +173,7 @@ class Telemetry:
         state = _CallState(
             span, observer_name or self.observer_name, server_address, server_port, active
         )
-        return CallObserver(api, operation, self, self.tokenizer, context=state)
+        return CallObserver(api, operation, self, self.tokenizer, context=state, path=path)
 
     def trace_headers(self, call: CallObserver) -> dict[str, str]:
         """W3C trace context of the call's span, to send upstream."""

@@ -292,7 +292,7 @@ class AnthropicAPI(ProviderAPI):
             return CHAT
         return None
 
-    def request_facts(self, operation: str, body: bytes) -> RequestFacts:
+    def request_facts(self, operation: str, body: bytes, path: str = "") -> RequestFacts:
         try:
             return _request_facts(operation, body)
         except Exception:  # a body we can't read is still forwarded; never fail the call here

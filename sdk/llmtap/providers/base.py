@@ -99,8 +99,9 @@ class ProviderAPI(ABC):
         """The operation name if this API serves the request, else None. Cheap: no body parsing."""
 
     @abstractmethod
-    def request_facts(self, operation: str, body: bytes) -> RequestFacts:
-        """Facts from the request body. Never raises: a body it can't read gives parsed=False."""
+    def request_facts(self, operation: str, body: bytes, path: str = "") -> RequestFacts:
+        """Facts from the request body (and the path, for APIs that put the model there, such as Gemini,
+        Bedrock or Azure deployments). Never raises: a body it can't read gives parsed=False."""
 
     def stream_format(self, content_type: str) -> str | None:
         """The wire framing of a streamed response with this content type ("sse", "ndjson", ...; see

@@ -485,7 +485,7 @@ class OpenAIAPI(ProviderAPI):
                 return operation
         return None
 
-    def request_facts(self, operation: str, body: bytes) -> RequestFacts:
+    def request_facts(self, operation: str, body: bytes, path: str = "") -> RequestFacts:
         try:
             return _request_facts(operation, body)
         except Exception:  # a body we can't read is still forwarded; never fail the call here
