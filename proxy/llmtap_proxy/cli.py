@@ -24,6 +24,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address, default 127.0.0.1 (env LLMTAP_HOST)")
     serve.add_argument("--port", type=int, help="port, default 8787 (env LLMTAP_PORT)")
     serve.add_argument("--config", help="YAML routes file (env LLMTAP_CONFIG)")
+    serve.add_argument(
+        "--metrics-port", type=int, nargs="?", const=9464,
+        help="serve Prometheus metrics on this port (9464 if given without a value; env LLMTAP_METRICS_PORT)",
+    )
     serve.add_argument("--log-level", default=os.environ.get("LLMTAP_LOG_LEVEL", "info"))
 
     sim = commands.add_parser("sim", help="run the simulated LLM backend (OpenAI + Anthropic APIs)")
@@ -47,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         try:
-            settings = load_settings(upstream=args.upstream, host=args.host, port=args.port, config_file=args.config)
+            settings = load_settings(
+                upstream=args.upstream, host=args.host, port=args.port, config_file=args.config,
+                metrics_port=args.metrics_port,
+            )
         except ConfigError as exc:
             print(f"llmtap: configuration error: {exc}", file=sys.stderr)
             return 2

@@ -30,7 +30,7 @@ _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _ROUTE_KEYS = {"prefix", "upstream", "provider", "headers", "connect_timeout", "read_timeout"}
 _TOP_KEYS = {
     "host", "port", "upstream", "routes", "max_body_bytes", "connect_timeout", "read_timeout",
-    "drain_timeout", "cold_start_idle", "reference_tokenizer",
+    "drain_timeout", "cold_start_idle", "reference_tokenizer", "metrics_port",
 }
 
 
@@ -95,6 +95,7 @@ class Settings:
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_S
     cold_start_idle: float = 300.0
     reference_tokenizer: str | None = None
+    metrics_port: int | None = None  # Prometheus scrape endpoint; None = off
 
     def route_for(self, raw_path: str) -> Route | None:
         for route in self.routes:  # sorted longest prefix first
@@ -173,6 +174,7 @@ def load_settings(
     host: str | None = None,
     port: int | None = None,
     config_file: str | None = None,
+    metrics_port: int | None = None,
     env: dict[str, str] | None = None,
 ) -> Settings:
     """Merge flags (the arguments), LLMTAP_* variables and the YAML file into validated Settings."""
@@ -219,6 +221,11 @@ def load_settings(
         pick(None, "LLMTAP_COLD_START_IDLE", "cold_start_idle", 300.0), "cold_start_idle"
     )
     settings.reference_tokenizer = pick(None, "LLMTAP_REFERENCE_TOKENIZER", "reference_tokenizer", None)
+    metrics_value = pick(metrics_port, "LLMTAP_METRICS_PORT", "metrics_port", None)
+    if metrics_value is not None:
+        settings.metrics_port = int(_number(metrics_value, "metrics_port"))
+        if not 0 <= settings.metrics_port <= 65535:
+            raise ConfigError(f"metrics_port: must be 0-65535, got {metrics_value!r}")
     defaults = {
         "connect_timeout": _number(
             pick(None, "LLMTAP_CONNECT_TIMEOUT", "connect_timeout", DEFAULT_CONNECT_TIMEOUT_S),

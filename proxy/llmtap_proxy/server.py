@@ -8,7 +8,7 @@ import signal
 
 import uvicorn
 
-from llmtap.telemetry import Telemetry
+from llmtap.telemetry import Telemetry, TelemetryTargets, configure_from_env
 from llmtap.tokens import ReferenceTokenizer
 from llmtap_proxy.app import ProxyApp
 from llmtap_proxy.config import Settings
@@ -46,27 +46,27 @@ def uvicorn_config(app: ProxyApp, settings: Settings, **overrides: object) -> uv
     return uvicorn.Config(app.asgi, **options)  # type: ignore[arg-type]
 
 
-def build_telemetry(settings: Settings, service_name: str = "llmtap-proxy") -> tuple[Telemetry, str, str]:
-    from llmtap.telemetry import configure_from_env
-
-    tracer_provider, meter_provider, targets = configure_from_env(service_name)
+def build_telemetry(settings: Settings, service_name: str = "llmtap-proxy") -> tuple[Telemetry, TelemetryTargets]:
+    tracer_provider, meter_provider, targets = configure_from_env(
+        service_name, metrics_port=settings.metrics_port, metrics_host=settings.host
+    )
     telemetry = Telemetry(
         tracer_provider,
         meter_provider,
         cold_start_idle_s=settings.cold_start_idle,
         tokenizer=ReferenceTokenizer(settings.reference_tokenizer),
     )
-    return telemetry, targets.traces, targets.metrics
+    return telemetry, targets
 
 
 def serve(settings: Settings) -> None:
     """Blocking: run until SIGTERM/SIGINT, then drain and flush."""
-    telemetry, traces, metrics = build_telemetry(settings)
+    telemetry, targets = build_telemetry(settings)
     app = ProxyApp(settings, telemetry)
     config = uvicorn_config(app, settings)
     for route in settings.routes:
         logger.info("route %s -> %s%s", route.prefix, route.upstream.origin, route.upstream.base_path)
-    logger.info("telemetry: traces %s; metrics %s", traces, metrics)
+    logger.info("telemetry: traces %s; metrics %s", targets.traces, targets.metrics)
     # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal under the handlers that were in place
     # before it started. With these, that re-raise lands here and we flush and exit 0 ourselves.
     for handled in (signal.SIGTERM, signal.SIGINT):
@@ -75,3 +75,4 @@ def serve(settings: Settings) -> None:
         uvicorn.Server(config).run()
     finally:
         telemetry.shutdown()
+        targets.close()

@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 import orjson
@@ -384,6 +384,26 @@ def _capped_json(value: Any, limit: int) -> str:
 class TelemetryTargets:
     traces: str  # "otlp (http/protobuf) -> URL", "console", "none"
     metrics: str
+    scrape_servers: list[Any] = field(default_factory=list)  # Prometheus endpoints to stop at shutdown
+
+    def close(self) -> None:
+        for server in self.scrape_servers:
+            server.shutdown()
+            server.server_close()
+        self.scrape_servers.clear()
+
+
+def _prometheus_reader(host: str, port: int) -> tuple[Any, Any, str]:
+    """The OTel Prometheus exporter on its own registry and HTTP server (a daemon thread)."""
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader, start_http_server
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry(auto_describe=True)
+    reader = PrometheusMetricReader(registry=registry)
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    bound = server.server_address[1]
+    shown = f"[{host}]" if ":" in host else host
+    return reader, server, f"prometheus -> http://{shown}:{bound}/metrics"
 
 
 def _exporter_names(variable: str, default: str) -> list[str]:
@@ -409,10 +429,15 @@ def _otlp_target(signal: str) -> str:
 
 
 def configure_from_env(
-    service_name: str = "llmtap", console_out: IO[str] | None = None
+    service_name: str = "llmtap",
+    console_out: IO[str] | None = None,
+    *,
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
 ) -> tuple[Any, Any, TelemetryTargets]:
     """SDK providers built from OTEL_* variables: OTLP over http/protobuf by default, grpc when
-    asked, console, or none. Returns (tracer_provider, meter_provider, where the data goes)."""
+    asked, console, prometheus, or none. `metrics_port` adds a Prometheus scrape endpoint whatever
+    OTEL_METRICS_EXPORTER says. Returns (tracer_provider, meter_provider, where the data goes)."""
     from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
     from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, PeriodicExportingMetricReader
     from opentelemetry.sdk.resources import Resource
@@ -437,7 +462,17 @@ def configure_from_env(
 
     readers = []
     metrics: list[str] = []
-    for name in _exporter_names("OTEL_METRICS_EXPORTER", "otlp"):
+    servers: list[Any] = []
+    exporters = _exporter_names("OTEL_METRICS_EXPORTER", "otlp")
+    if metrics_port is None and "prometheus" in exporters:
+        metrics_port = int(os.environ.get("OTEL_EXPORTER_PROMETHEUS_PORT", "9464"))
+        metrics_host = os.environ.get("OTEL_EXPORTER_PROMETHEUS_HOST", "localhost")
+    if metrics_port is not None:
+        reader, server, where = _prometheus_reader(metrics_host, metrics_port)
+        readers.append(reader)
+        servers.append(server)
+        metrics.append(where)
+    for name in exporters:
         if name == "otlp":
             readers.append(PeriodicExportingMetricReader(_otlp_metric_exporter()))
             metrics.append(_otlp_target("METRICS"))
@@ -446,7 +481,7 @@ def configure_from_env(
             readers.append(PeriodicExportingMetricReader(exporter))
             metrics.append("console")
     meter_provider = SdkMeterProvider(resource=resource, metric_readers=readers)
-    targets = TelemetryTargets(", ".join(traces) or "none", ", ".join(metrics) or "none")
+    targets = TelemetryTargets(", ".join(traces) or "none", ", ".join(metrics) or "none", servers)
     return tracer_provider, meter_provider, targets
 
 
