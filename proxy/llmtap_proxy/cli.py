@@ -28,6 +28,16 @@ def _parser() -> argparse.ArgumentParser:
         "--metrics-port", type=int, nargs="?", const=9464,
         help="serve Prometheus metrics on this port (9464 if given without a value; env LLMTAP_METRICS_PORT)",
     )
+    serve.add_argument(
+        "--cold-start-idle", type=float, metavar="SECONDS",
+        help="a call after this much idle time per (upstream, model) is a cold start; default 300 "
+        "(env LLMTAP_COLD_START_IDLE)",
+    )
+    serve.add_argument(
+        "--inject-stream-usage", action="store_true", default=None,
+        help="ask OpenAI-style streams for usage and hide the usage event from clients that did not ask "
+        "(env LLMTAP_INJECT_STREAM_USAGE)",
+    )
     serve.add_argument("--log-level", default=os.environ.get("LLMTAP_LOG_LEVEL", "info"))
 
     sim = commands.add_parser("sim", help="run the simulated LLM backend (OpenAI + Anthropic APIs)")
@@ -53,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             settings = load_settings(
                 upstream=args.upstream, host=args.host, port=args.port, config_file=args.config,
-                metrics_port=args.metrics_port,
+                metrics_port=args.metrics_port, cold_start_idle=args.cold_start_idle,
+                inject_stream_usage=args.inject_stream_usage,
             )
         except ConfigError as exc:
             print(f"llmtap: configuration error: {exc}", file=sys.stderr)

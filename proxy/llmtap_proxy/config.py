@@ -30,7 +30,7 @@ _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _ROUTE_KEYS = {"prefix", "upstream", "provider", "headers", "connect_timeout", "read_timeout"}
 _TOP_KEYS = {
     "host", "port", "upstream", "routes", "max_body_bytes", "connect_timeout", "read_timeout",
-    "drain_timeout", "cold_start_idle", "reference_tokenizer", "metrics_port",
+    "drain_timeout", "cold_start_idle", "reference_tokenizer", "metrics_port", "inject_stream_usage",
 }
 
 
@@ -96,6 +96,7 @@ class Settings:
     cold_start_idle: float = 300.0
     reference_tokenizer: str | None = None
     metrics_port: int | None = None  # Prometheus scrape endpoint; None = off
+    inject_stream_usage: bool = False  # ask OpenAI-style streams for usage; hide it from clients that didn't
 
     def route_for(self, raw_path: str) -> Route | None:
         for route in self.routes:  # sorted longest prefix first
@@ -114,6 +115,17 @@ def _number(value: Any, where: str, *, minimum: float = 0.0) -> float:
     if number < minimum:
         raise ConfigError(f"{where}: must be >= {minimum}, got {value!r}")
     return number
+
+
+def _boolean(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{where}: expected true or false, got {value!r}")
 
 
 def _expand_env(value: str, where: str, env: Mapping[str, str]) -> str:
@@ -175,6 +187,8 @@ def load_settings(
     port: int | None = None,
     config_file: str | None = None,
     metrics_port: int | None = None,
+    cold_start_idle: float | None = None,
+    inject_stream_usage: bool | None = None,
     env: dict[str, str] | None = None,
 ) -> Settings:
     """Merge flags (the arguments), LLMTAP_* variables and the YAML file into validated Settings."""
@@ -218,7 +232,10 @@ def load_settings(
         pick(None, "LLMTAP_DRAIN_TIMEOUT", "drain_timeout", DEFAULT_DRAIN_TIMEOUT_S), "drain_timeout"
     )
     settings.cold_start_idle = _number(
-        pick(None, "LLMTAP_COLD_START_IDLE", "cold_start_idle", 300.0), "cold_start_idle"
+        pick(cold_start_idle, "LLMTAP_COLD_START_IDLE", "cold_start_idle", 300.0), "cold_start_idle"
+    )
+    settings.inject_stream_usage = _boolean(
+        pick(inject_stream_usage, "LLMTAP_INJECT_STREAM_USAGE", "inject_stream_usage", False), "inject_stream_usage"
     )
     settings.reference_tokenizer = pick(None, "LLMTAP_REFERENCE_TOKENIZER", "reference_tokenizer", None)
     metrics_value = pick(metrics_port, "LLMTAP_METRICS_PORT", "metrics_port", None)

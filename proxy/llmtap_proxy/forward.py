@@ -23,6 +23,7 @@ from llmtap.telemetry import Telemetry
 from llmtap_proxy import errors
 from llmtap_proxy.config import Route, Settings
 from llmtap_proxy.headers import client_response_headers, upstream_request_headers
+from llmtap_proxy.stream_usage import UsageEventRemover, with_stream_usage
 from llmtap_proxy.upstream import UpstreamPool
 
 logger = logging.getLogger("llmtap.proxy")
@@ -151,9 +152,15 @@ class Forwarder:
             if call is not None:
                 call.finish("cancelled")
             raise
+        remover: UsageEventRemover | None = None
+        upstream_body = body
         if call is not None:
             call.mark_received(_perf_ns())
             headers.update(call.trace_headers())
+            if self.settings.inject_stream_usage and call.api.name == "openai":
+                injected = with_stream_usage(target, body)
+                if injected is not None:
+                    upstream_body, remover = injected, UsageEventRemover()
         headers.update(route.headers)
         query: bytes = scope.get("query_string", b"")
         url = URL(
@@ -174,7 +181,7 @@ class Forwarder:
 
         watcher = asyncio.ensure_future(watch_disconnect())
         try:
-            await self._relay(send, route, method, url, headers, body, call)
+            await self._relay(send, route, method, url, headers, upstream_body, call, remover)
         except asyncio.CancelledError:
             if call is not None:
                 call.finish("cancelled")
@@ -195,6 +202,7 @@ class Forwarder:
         headers: dict[str, str],
         body: bytes,
         call: CallObserver | None,
+        remover: UsageEventRemover | None = None,
     ) -> None:
         if call is not None:
             call.mark_sent()
@@ -234,7 +242,10 @@ class Forwarder:
                     "headers": client_response_headers(response.raw_headers),
                 }
             )
-            await self._stream_body(send, response, call)
+            if remover is not None and response.status < 400 and call is not None:
+                await self._stream_body_without_usage(send, response, call, remover)
+            else:
+                await self._stream_body(send, response, call)
         finally:
             response.release()
 
@@ -266,3 +277,26 @@ class Forwarder:
         await send(message)
         if call is not None:
             call.finish(t_ns=t_end_ns)
+
+    async def _stream_body_without_usage(
+        self, send: Send, response: aiohttp.ClientResponse, call: CallObserver, remover: UsageEventRemover
+    ) -> None:
+        """The injected-usage variant: the observer sees every byte, the client all but the usage event."""
+        read = response.content.readany
+        on_chunk = call.on_chunk
+        try:
+            while chunk := await read():
+                t_ns = _perf_ns()
+                forward = remover.feed(chunk)
+                if forward:
+                    await send({"type": "http.response.body", "body": forward, "more_body": True})
+                on_chunk(chunk, t_ns)
+        except TimeoutError as exc:
+            call.finish("timeout")
+            raise errors.UpstreamStreamAborted("upstream stalled mid-stream (read timeout)") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            call.finish("upstream_closed")
+            raise errors.UpstreamStreamAborted(f"upstream stream broke: {type(exc).__name__}") from exc
+        t_end_ns = _perf_ns()
+        await send({"type": "http.response.body", "body": remover.flush(), "more_body": False})
+        call.finish(t_ns=t_end_ns)

@@ -48,6 +48,9 @@ class Figures:
     output_tokens: int | None
     usage_source: str | None
     output_throughput: float | None  # output tokens / duration
+    normalized_output_throughput: float | None = None  # reference-tokenizer output tokens / duration
+    prefill_rate: float | None = None  # input tokens / TTFT
+    decode_rate: float | None = None  # (output tokens - 1) / (end - first token)
 
 
 class Exchange:
@@ -63,6 +66,7 @@ class Exchange:
         "max_output_chars",
         "max_timestamps",
         "normalized_input_tokens",
+        "normalized_output_by_kind",
         "normalized_output_tokens",
         "normalized_source",
         "output_chars",
@@ -108,6 +112,7 @@ class Exchange:
         self.error_message: str | None = None
         self.normalized_input_tokens: int | None = None
         self.normalized_output_tokens: int | None = None
+        self.normalized_output_by_kind: dict[str, int] = {}  # text / reasoning / tool_call
         self.normalized_source: str | None = None
 
     # --- timeline ---
@@ -209,6 +214,12 @@ class Exchange:
             return self.normalized_output_tokens, self.normalized_source
         return None, None
 
+    def input_tokens(self) -> int | None:
+        """Input tokens: the provider's count, else the reference tokenizer's."""
+        if self.usage.input_tokens is not None:
+            return self.usage.input_tokens
+        return self.normalized_input_tokens
+
     def itl_samples(self) -> list[float]:
         times = self.content_times
         return [(times[i] - times[i - 1]) * _NS for i in range(1, len(times))]
@@ -220,7 +231,7 @@ class Exchange:
         tokens, source = self.output_tokens()
         duration = (end - sent) * _NS
         throughput = tokens / duration if tokens and duration > 0 else None
-        ttft = first_chunk = tpot = None
+        ttft = first_chunk = tpot = prefill = decode = None
         itl: list[float] = []
         if self.streamed:
             first_token = self.t_first_token_ns
@@ -228,6 +239,10 @@ class Exchange:
                 ttft = (first_token - sent) * _NS
                 if tokens is not None and tokens >= 2 and end > first_token:
                     tpot = (end - first_token) * _NS / (tokens - 1)
+                    decode = 1.0 / tpot
+                input_tokens = self.input_tokens()
+                if input_tokens and ttft > 0:
+                    prefill = input_tokens / ttft
             if self.t_first_chunk_ns is not None:
                 first_chunk = (self.t_first_chunk_ns - sent) * _NS
             itl = self.itl_samples()
@@ -240,6 +255,12 @@ class Exchange:
             output_tokens=tokens,
             usage_source=source,
             output_throughput=throughput,
+            normalized_output_throughput=(
+                self.normalized_output_tokens / duration
+                if self.normalized_output_tokens and duration > 0 else None
+            ),
+            prefill_rate=prefill,
+            decode_rate=decode,
         )
 
 

