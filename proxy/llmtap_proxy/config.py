@@ -31,6 +31,7 @@ _ROUTE_KEYS = {"prefix", "upstream", "provider", "headers", "connect_timeout", "
 _TOP_KEYS = {
     "host", "port", "upstream", "routes", "max_body_bytes", "connect_timeout", "read_timeout",
     "drain_timeout", "cold_start_idle", "reference_tokenizer", "metrics_port", "inject_stream_usage",
+    "auth_keys", "capture_max_chars", "redact_patterns",
 }
 
 
@@ -97,6 +98,9 @@ class Settings:
     reference_tokenizer: str | None = None
     metrics_port: int | None = None  # Prometheus scrape endpoint; None = off
     inject_stream_usage: bool = False  # ask OpenAI-style streams for usage; hide it from clients that didn't
+    auth_keys: tuple[str, ...] = ()  # when set, clients must send one in x-llmtap-key
+    capture_max_chars: int = 64 * 1024  # cap of captured prompt/completion JSON (opt-in capture only)
+    redact_patterns: list[re.Pattern[str]] = field(default_factory=list)  # applied before export
 
     def route_for(self, raw_path: str) -> Route | None:
         for route in self.routes:  # sorted longest prefix first
@@ -115,6 +119,22 @@ def _number(value: Any, where: str, *, minimum: float = 0.0) -> float:
     if number < minimum:
         raise ConfigError(f"{where}: must be >= {minimum}, got {value!r}")
     return number
+
+
+def _string_list(value: Any, where: str, separator: str) -> tuple[str, ...]:
+    """A list from YAML, or a separated string from the environment."""
+    if isinstance(value, str):
+        value = value.split(separator)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) for item in value):
+        raise ConfigError(f"{where}: expected a list of strings")
+    return tuple(item.strip() for item in value if item.strip())
+
+
+def _regex(pattern: str, where: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"{where}: invalid regular expression {pattern!r}: {exc}") from exc
 
 
 def _boolean(value: Any, where: str) -> bool:
@@ -238,6 +258,13 @@ def load_settings(
         pick(inject_stream_usage, "LLMTAP_INJECT_STREAM_USAGE", "inject_stream_usage", False), "inject_stream_usage"
     )
     settings.reference_tokenizer = pick(None, "LLMTAP_REFERENCE_TOKENIZER", "reference_tokenizer", None)
+    settings.auth_keys = _string_list(pick(None, "LLMTAP_AUTH_KEYS", "auth_keys", []), "auth_keys", ",")
+    settings.capture_max_chars = int(
+        _number(pick(None, "LLMTAP_CAPTURE_MAX_CHARS", "capture_max_chars", settings.capture_max_chars),
+                "capture_max_chars", minimum=1)
+    )
+    patterns = _string_list(pick(None, "LLMTAP_REDACT_PATTERNS", "redact_patterns", []), "redact_patterns", "\n")
+    settings.redact_patterns = [_regex(pattern, f"redact_patterns[{i}]") for i, pattern in enumerate(patterns)]
     metrics_value = pick(metrics_port, "LLMTAP_METRICS_PORT", "metrics_port", None)
     if metrics_value is not None:
         settings.metrics_port = int(_number(metrics_value, "metrics_port"))

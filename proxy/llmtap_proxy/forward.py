@@ -8,6 +8,7 @@ telemetry) happens before the first byte or after the last one.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -22,7 +23,7 @@ from llmtap.providers.base import ProviderAPI
 from llmtap.telemetry import Telemetry
 from llmtap_proxy import errors
 from llmtap_proxy.config import Route, Settings
-from llmtap_proxy.headers import client_response_headers, upstream_request_headers
+from llmtap_proxy.headers import AUTH_HEADER, client_response_headers, upstream_request_headers
 from llmtap_proxy.stream_usage import UsageEventRemover, with_stream_usage
 from llmtap_proxy.upstream import UpstreamPool
 
@@ -76,9 +77,20 @@ class Forwarder:
         self.pool = pool
         self.telemetry = telemetry
         self.in_flight = 0
+        self._auth_keys = [key.encode() for key in settings.auth_keys]
+
+    def _authorized(self, raw_headers: list[tuple[bytes, bytes]]) -> bool:
+        presented = next((value for name, value in raw_headers if name.lower() == AUTH_HEADER), None)
+        if presented is None:
+            return False
+        # compare against every key, in constant time, so timing says nothing about which matched
+        return sum(hmac.compare_digest(presented, key) for key in self._auth_keys) > 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            return
+        if self._auth_keys and not self._authorized(scope["headers"]):
+            await errors.send_error(send, 401, "missing or invalid x-llmtap-key", "unauthorized")
             return
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
         path = raw_path.decode("latin-1")

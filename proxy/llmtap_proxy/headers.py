@@ -17,8 +17,9 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
+AUTH_HEADER = b"x-llmtap-key"  # the proxy's own inbound key: checked here, never forwarded
 # Set by the HTTP client/server for the new hop rather than copied.
-_REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length"}
+_REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length", AUTH_HEADER}
 _RESPONSE_DROP = HOP_BY_HOP
 
 

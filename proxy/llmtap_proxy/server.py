@@ -55,6 +55,8 @@ def build_telemetry(settings: Settings, service_name: str = "llmtap-proxy") -> t
         meter_provider,
         cold_start_idle_s=settings.cold_start_idle,
         tokenizer=ReferenceTokenizer(settings.reference_tokenizer),
+        content_max_chars=settings.capture_max_chars,
+        redact_patterns=settings.redact_patterns,
     )
     return telemetry, targets
 

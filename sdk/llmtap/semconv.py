@@ -140,6 +140,7 @@ METRIC_PROXY_OVERHEAD = "llmtap.proxy.overhead"
 METRIC_REQUESTS_ACTIVE = "llmtap.requests.active"
 METRIC_COLD_STARTS = "llmtap.cold_starts"
 METRIC_INTERNAL_ERRORS = "llmtap.internal.errors"
+METRIC_EXPORT_FAILURES = "llmtap.telemetry.export_failures"
 
 # --- bucket boundaries recommended by the GenAI conventions ---
 BUCKETS_DURATION = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -32,7 +33,65 @@ logger = logging.getLogger("llmtap.telemetry")
 INSTRUMENTATION_NAME = "llmtap"
 DEFAULT_COLD_START_IDLE_S = 300.0
 DEFAULT_CONTENT_MAX_CHARS = 64 * 1024
+REDACTED = "[REDACTED]"
 _TRUE = ("1", "true", "yes", "on")
+
+
+# Spans / metric batches whose export failed (collector down, slow, 5xx), by signal. Module-level
+# because exporters are built before the Telemetry that reports them as llmtap.telemetry.export_failures.
+EXPORT_FAILURES: dict[str, int] = {"traces": 0, "metrics": 0}
+_EXPORTER_LOGGERS = (
+    "opentelemetry.exporter",
+    "opentelemetry.sdk.trace.export",
+    "opentelemetry.sdk._shared_internal",
+    "opentelemetry.sdk.metrics._internal.export",
+)
+
+
+class _LogOnce(logging.Filter):
+    """Lets each distinct exporter message through once: a dead collector is reported, not repeated."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[tuple[str, int, object]] = set()
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.levelno, record.msg)
+        with self._lock:
+            if key in self._seen:
+                return False
+            self._seen.add(key)
+        if record.levelno >= logging.WARNING:
+            record.msg = f"{record.msg} (further occurrences are counted in llmtap.telemetry.export_failures)"
+        return True
+
+
+_LOG_ONCE = _LogOnce()
+
+
+def _quiet_exporter_logs() -> None:
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith(_EXPORTER_LOGGERS):
+            exporter_logger = logging.getLogger(name)
+            if _LOG_ONCE not in exporter_logger.filters:
+                exporter_logger.addFilter(_LOG_ONCE)
+
+
+def _counting(exporter_class: type, signal: str) -> type:
+    """A subclass of an OTel exporter whose failed exports are counted in EXPORT_FAILURES."""
+
+    def export(self: Any, batch: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            result = exporter_class.export(self, batch, *args, **kwargs)
+        except Exception:
+            EXPORT_FAILURES[signal] += 1
+            raise
+        if getattr(result, "name", "") == "FAILURE":
+            EXPORT_FAILURES[signal] += len(batch) if signal == "traces" and hasattr(batch, "__len__") else 1
+        return result
+
+    return type(f"Counting{exporter_class.__name__}", (exporter_class,), {"export": export})
 
 
 def capture_content_enabled() -> bool:
@@ -80,6 +139,7 @@ class Telemetry:
         observer_name: str = semconv.OBSERVER_PROXY,
         capture_content: bool | None = None,
         content_max_chars: int = DEFAULT_CONTENT_MAX_CHARS,
+        redact_patterns: list[re.Pattern[str]] | None = None,
         cold_start_idle_s: float = DEFAULT_COLD_START_IDLE_S,
         tokenizer: ReferenceTokenizer | None = None,
     ) -> None:
@@ -88,6 +148,7 @@ class Telemetry:
         self.observer_name = observer_name
         self.capture_content = capture_content_enabled() if capture_content is None else capture_content
         self.content_max_chars = content_max_chars
+        self.redact_patterns = list(redact_patterns or [])
         self.cold_starts = ColdStartTracker(cold_start_idle_s)
         self.tokenizer = tokenizer if tokenizer is not None else ReferenceTokenizer()
         self.tracer = self.tracer_provider.get_tracer(INSTRUMENTATION_NAME)
@@ -153,6 +214,10 @@ class Telemetry:
         )
         self.cold_start_counter = meter.create_counter(
             semconv.METRIC_COLD_STARTS, unit="{request}", description="Calls flagged as cold starts."
+        )
+        meter.create_observable_counter(
+            semconv.METRIC_EXPORT_FAILURES, callbacks=[_export_failures], unit="{item}",
+            description="Spans (and metric batches) whose export failed; the data is lost, traffic is not.",
         )
         self.internal_errors = meter.create_counter(
             semconv.METRIC_INTERNAL_ERRORS, unit="{error}",
@@ -369,23 +434,37 @@ class Telemetry:
             self.cold_start_counter.add(1, attrs)
 
     def _add_content(self, attributes: dict[str, Any], call: CallObserver) -> None:
+        """Opt-in prompt/completion capture, redacted and then capped, in the semconv message shape."""
         limit = self.content_max_chars
-        facts = call.exchange.facts
-        if facts is not None and facts.input_messages is not None:
-            attributes[semconv.INPUT_MESSAGES] = _capped_json(facts.input_messages, limit)
         exchange = call.exchange
-        parts = [
-            {"type": "text", "content": exchange.output_text("text")[:limit]}
-        ] if exchange.output_parts.get("text") else []
+        facts = exchange.facts
+        if facts is not None and facts.input_messages is not None:
+            attributes[semconv.INPUT_MESSAGES] = _capped_json(self._redact(facts.input_messages), limit)
+        parts: list[dict[str, Any]] = []
+        if exchange.output_parts.get("text"):
+            parts.append({"type": "text", "content": exchange.output_text("text")})
         if exchange.output_parts.get("reasoning"):
-            parts.append({"type": "reasoning", "content": exchange.output_text("reasoning")[:limit]})
+            parts.append({"type": "reasoning", "content": exchange.output_text("reasoning")})
         if exchange.output_parts.get("tool_call"):
-            parts.append({"type": "tool_call", "arguments": exchange.output_text("tool_call")[:limit]})
+            parts.append({"type": "tool_call", "arguments": exchange.output_text("tool_call")})
         if parts:
             message: dict[str, Any] = {"role": "assistant", "parts": parts}
             if exchange.finish_reasons:
                 message["finish_reason"] = exchange.finish_reasons[0]
-            attributes[semconv.OUTPUT_MESSAGES] = _capped_json([message], limit)
+            attributes[semconv.OUTPUT_MESSAGES] = _capped_json(self._redact([message]), limit)
+
+    def _redact(self, value: Any) -> Any:
+        if not self.redact_patterns:
+            return value
+        if isinstance(value, str):
+            for pattern in self.redact_patterns:
+                value = pattern.sub(REDACTED, value)
+            return value
+        if isinstance(value, list):
+            return [self._redact(item) for item in value]
+        if isinstance(value, dict):
+            return {key: self._redact(item) for key, item in value.items()}
+        return value
 
     # --- lifecycle ---
     def force_flush(self, timeout_millis: int = 10_000) -> None:
@@ -408,9 +487,19 @@ class Telemetry:
                     logger.warning("telemetry shutdown failed", exc_info=True)
 
 
+def _export_failures(_options: Any) -> list[Any]:
+    from opentelemetry.metrics import Observation
+
+    return [Observation(count, {"llmtap.signal": signal}) for signal, count in EXPORT_FAILURES.items()]
+
+
 def _capped_json(value: Any, limit: int) -> str:
+    """JSON of the value, cut to `limit` characters with a visible marker when it is longer."""
     text = orjson.dumps(value).decode()
-    return text if len(text) <= limit else text[:limit]
+    if len(text) <= limit:
+        return text
+    marker = "...[truncated]"
+    return text[: max(0, limit - len(marker))] + marker
 
 
 # --- set-up from the standard OTEL_* environment variables ---
@@ -515,6 +604,7 @@ def configure_from_env(
             readers.append(PeriodicExportingMetricReader(exporter))
             metrics.append("console")
     meter_provider = SdkMeterProvider(resource=resource, metric_readers=readers)
+    _quiet_exporter_logs()
     targets = TelemetryTargets(", ".join(traces) or "none", ", ".join(metrics) or "none", servers)
     return tracer_provider, meter_provider, targets
 
@@ -524,7 +614,7 @@ def _otlp_span_exporter() -> Any:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     else:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    return OTLPSpanExporter()
+    return _counting(OTLPSpanExporter, "traces")()
 
 
 def _otlp_metric_exporter() -> Any:
@@ -532,4 +622,4 @@ def _otlp_metric_exporter() -> Any:
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
     else:
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-    return OTLPMetricExporter()
+    return _counting(OTLPMetricExporter, "metrics")()
