@@ -14,14 +14,22 @@ from starlette.routing import Route as StarletteRoute
 
 from llmtap.telemetry import Telemetry
 from llmtap_proxy.config import Settings
-from llmtap_proxy.forward import Forwarder
+from llmtap_proxy.forward import Forwarder, Receive, Scope, Send
 from llmtap_proxy.upstream import UpstreamPool
 
 logger = logging.getLogger("llmtap.proxy")
 
 
+HEALTH_PATHS = frozenset({"/healthz", "/readyz"})
+
+
 class ProxyApp:
-    """Holds the proxy's parts; `asgi` is what the server runs."""
+    """Holds the proxy's parts; `asgi` is what the server runs.
+
+    Starlette serves the health endpoints and the lifespan. Every other HTTP request goes straight
+    to the forwarder: Starlette's middleware stack wraps each `send`, which costs several
+    microseconds per streamed chunk for nothing the forwarder needs.
+    """
 
     def __init__(self, settings: Settings, telemetry: Telemetry | None) -> None:
         self.settings = settings
@@ -29,14 +37,19 @@ class ProxyApp:
         self.pool = UpstreamPool()
         self.forwarder = Forwarder(settings, self.pool, telemetry)
         self.draining = False
-        self.asgi = Starlette(
+        self.starlette = Starlette(
             routes=[
                 StarletteRoute("/healthz", self.healthz, methods=["GET"]),
                 StarletteRoute("/readyz", self.readyz, methods=["GET"]),
-                StarletteRoute("/{path:path}", self.forwarder),
             ],
             lifespan=self.lifespan,
         )
+
+    async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in HEALTH_PATHS:
+            await self.forwarder(scope, receive, send)
+        else:
+            await self.starlette(scope, receive, send)
 
     async def healthz(self, request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})

@@ -35,6 +35,7 @@ def uvicorn_config(app: ProxyApp, settings: Settings, **overrides: object) -> uv
         "loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
         "http": "httptools" if importlib.util.find_spec("httptools") else "h11",
         "lifespan": "on",
+        "interface": "asgi3",
         "timeout_graceful_shutdown": settings.drain_timeout,
         "server_header": False,
         "date_header": False,
