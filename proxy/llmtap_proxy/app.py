@@ -21,6 +21,7 @@ logger = logging.getLogger("llmtap.proxy")
 
 
 HEALTH_PATHS = frozenset({"/healthz", "/readyz"})
+FLUSH_TIMEOUT_MS = 3000
 
 
 class ProxyApp:
@@ -77,7 +78,12 @@ class ProxyApp:
             await asyncio.sleep(0.05)
         await self.pool.close()
         if self.telemetry is not None:
-            await asyncio.to_thread(self.telemetry.force_flush)
+            # bounded: a dead collector must not hold the process past its grace period
+            flush = asyncio.to_thread(self.telemetry.force_flush, FLUSH_TIMEOUT_MS)
+            try:
+                await asyncio.wait_for(flush, FLUSH_TIMEOUT_MS / 1000 + 0.5)
+            except TimeoutError:
+                logger.warning("telemetry flush at shutdown timed out; unsent telemetry is dropped")
 
 
 def create_app(settings: Settings, telemetry: Telemetry | None) -> ProxyApp:

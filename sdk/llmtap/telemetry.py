@@ -476,15 +476,25 @@ class Telemetry:
                 except Exception:
                     logger.warning("telemetry flush failed", exc_info=True)
 
-    def shutdown(self) -> None:
-        self.force_flush()
-        for provider in (self.tracer_provider, self.meter_provider):
-            stop = getattr(provider, "shutdown", None)
-            if stop is not None:
-                try:
-                    stop()
-                except Exception:
-                    logger.warning("telemetry shutdown failed", exc_info=True)
+    def shutdown(self, timeout_s: float = 5.0) -> None:
+        """Flush and stop the providers, giving up after `timeout_s`: an unreachable collector's
+        retries must not hold a terminating process past its grace period."""
+
+        def stop() -> None:
+            self.force_flush(timeout_millis=int(timeout_s * 1000))
+            for provider in (self.tracer_provider, self.meter_provider):
+                halt = getattr(provider, "shutdown", None)
+                if halt is not None:
+                    try:
+                        halt()
+                    except Exception:
+                        logger.warning("telemetry shutdown failed", exc_info=True)
+
+        worker = threading.Thread(target=stop, name="llmtap-telemetry-shutdown", daemon=True)
+        worker.start()
+        worker.join(timeout_s)
+        if worker.is_alive():
+            logger.warning("telemetry flush did not finish within %.1f s; unsent telemetry is dropped", timeout_s)
 
 
 def _export_failures(_options: Any) -> list[Any]:
@@ -572,7 +582,8 @@ def configure_from_env(
         attributes["service.name"] = service_name
     resource = Resource.create(attributes)
 
-    tracer_provider = SdkTracerProvider(resource=resource)
+    # shutdown is ours (Telemetry.shutdown, bounded), not an unbounded atexit hook
+    tracer_provider = SdkTracerProvider(resource=resource, shutdown_on_exit=False)
     traces: list[str] = []
     for name in _exporter_names("OTEL_TRACES_EXPORTER", "otlp"):
         if name == "otlp":
@@ -603,7 +614,7 @@ def configure_from_env(
             exporter = ConsoleMetricExporter(out=console_out) if console_out else ConsoleMetricExporter()
             readers.append(PeriodicExportingMetricReader(exporter))
             metrics.append("console")
-    meter_provider = SdkMeterProvider(resource=resource, metric_readers=readers)
+    meter_provider = SdkMeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
     _quiet_exporter_logs()
     targets = TelemetryTargets(", ".join(traces) or "none", ", ".join(metrics) or "none", servers)
     return tracer_provider, meter_provider, targets
