@@ -223,6 +223,7 @@ class Telemetry:
             semconv.METRIC_INTERNAL_ERRORS, unit="{error}",
             description="Telemetry faults swallowed so that traffic could go on.",
         )
+        self.internal_errors.add(0)  # the series exists from the start, so dashboards can reference it
         self._fault_logged: set[str] = set()
         # Called with each finished call and its figures (demo, reports). Faults are counted, not raised.
         self.listeners: list[Callable[[CallObserver, Figures], None]] = []
