@@ -237,8 +237,10 @@ class Exchange:
             first_token = self.t_first_token_ns
             if first_token is not None:
                 ttft = (first_token - sent) * _NS
-                if tokens is not None and tokens >= 2 and end > first_token:
-                    tpot = (end - first_token) * _NS / (tokens - 1)
+                # a call cut short (cancelled, timed out) ends its decoding at its last content chunk
+                decode_end = end if self.error_type is None else self.content_times[-1]
+                if tokens is not None and tokens >= 2 and decode_end > first_token:
+                    tpot = (decode_end - first_token) * _NS / (tokens - 1)
                     decode = 1.0 / tpot
                 input_tokens = self.input_tokens()
                 if input_tokens and ttft > 0:

@@ -104,3 +104,11 @@ def test_memory_is_bounded() -> None:
     assert exchange.content_chunks == 10
     assert len(exchange.content_times) == 3
     assert exchange.output_text() == "xyxy"
+
+
+def test_tpot_of_a_call_cut_short_ends_at_its_last_content_chunk() -> None:
+    exchange = streamed(50, 70, 90, end_ms=5000)  # cancelled long after the last token
+    exchange.fail("cancelled")
+    exchange.normalized_output_tokens, exchange.normalized_source = 3, "tokenizer"
+    assert exchange.figures().tpot == pytest.approx((0.090 - 0.050) / 2)
+    assert exchange.figures().duration == pytest.approx(5.0)
