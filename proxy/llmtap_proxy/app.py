@@ -21,7 +21,6 @@ logger = logging.getLogger("llmtap.proxy")
 
 
 HEALTH_PATHS = frozenset({"/healthz", "/readyz"})
-FLUSH_TIMEOUT_MS = 3000
 
 
 class ProxyApp:
@@ -77,13 +76,9 @@ class ProxyApp:
         while self.forwarder.in_flight and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
         await self.pool.close()
-        if self.telemetry is not None:
-            # bounded: a dead collector must not hold the process past its grace period
-            flush = asyncio.to_thread(self.telemetry.force_flush, FLUSH_TIMEOUT_MS)
-            try:
-                await asyncio.wait_for(flush, FLUSH_TIMEOUT_MS / 1000 + 0.5)
-            except TimeoutError:
-                logger.warning("telemetry flush at shutdown timed out; unsent telemetry is dropped")
+        # Telemetry is flushed by whoever owns it (`serve` does it with a bounded, daemon-thread
+        # shutdown): a flush here, in a worker thread, would hold the event loop's exit while a dead
+        # collector's retries run out.
 
 
 def create_app(settings: Settings, telemetry: Telemetry | None) -> ProxyApp:

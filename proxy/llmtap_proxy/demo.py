@@ -82,7 +82,7 @@ def _telemetry(out: IO[str] | None) -> tuple[Telemetry, str]:
         os.environ.setdefault("OTEL_TRACES_EXPORTER", "console")
         os.environ.setdefault("OTEL_METRICS_EXPORTER", "console")
     tracer_provider, meter_provider, targets = configure_from_env("llmtap-demo", console_out=out)
-    telemetry = Telemetry(tracer_provider, meter_provider, tokenizer=ReferenceTokenizer())
+    telemetry = Telemetry(tracer_provider, meter_provider, tokenizer=ReferenceTokenizer(), finish_in_background=True)
     where = f"traces: {targets.traces}; metrics: {targets.metrics}"
     return telemetry, where
 

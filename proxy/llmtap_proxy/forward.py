@@ -109,6 +109,8 @@ class Forwarder:
             await self._handle(scope, receive, send, route, method, target, headers, call)
         finally:
             self.in_flight -= 1
+            if call is not None and not call.ending:
+                call.finish_soon("internal_error")  # every LLM call yields its span, whatever happened
 
     def _observe(
         self, route: Route, method: str, target: str, headers: dict[str, str]
@@ -157,12 +159,12 @@ class Forwarder:
         except BodyTooLarge:
             status, error_type, shape = errors.TOO_LARGE
             if call is not None:
-                call.finish(error_type)
+                call.finish_soon(error_type)
             await errors.send_error(send, status, f"request body exceeds the limit of {limit} bytes", shape)
             return
         except asyncio.CancelledError:
             if call is not None:
-                call.finish("cancelled")
+                call.finish_soon("cancelled")
             raise
         remover: UsageEventRemover | None = None
         upstream_body = body
@@ -196,7 +198,7 @@ class Forwarder:
             await self._relay(send, route, method, url, headers, upstream_body, call, remover)
         except asyncio.CancelledError:
             if call is not None:
-                call.finish("cancelled")
+                call.finish_soon("cancelled")
             if state["disconnected"] and task is not None:
                 task.uncancel()
                 return
@@ -223,14 +225,20 @@ class Forwarder:
             await asyncio.sleep(0)  # let the request go out first; read its facts meanwhile
             call.set_request_body(body)
         try:
-            response = await request
+            try:
+                response = await request
+            except aiohttp.ServerDisconnectedError:
+                # The upstream closed a pooled keep-alive connection just as we reused it, before
+                # sending any response (llama.cpp does this after every stream). Once, on a new one.
+                request = asyncio.ensure_future(self.pool.request(route, method, url, headers, body))
+                response = await request
         except asyncio.CancelledError:
             request.cancel()
             raise
         except TimeoutError:
             status, error_type, shape = errors.TIMEOUT
             if call is not None:
-                call.finish(error_type)
+                call.finish_soon(error_type)
             await errors.send_error(
                 send, status, f"upstream {route.upstream.origin} timed out before responding", shape
             )
@@ -238,9 +246,17 @@ class Forwarder:
         except (aiohttp.ClientError, OSError) as exc:
             status, error_type, shape = errors.UNREACHABLE
             if call is not None:
-                call.finish(error_type)
+                call.finish_soon(error_type)
             await errors.send_error(
                 send, status, f"upstream {route.upstream.origin} unreachable: {type(exc).__name__}", shape
+            )
+            return
+        except ValueError:  # e.g. a header value the HTTP client refuses to send (control bytes)
+            if call is not None:
+                call.finish_soon("invalid_request")
+            # no detail: the exception text may quote the header value, which may be a secret
+            await errors.send_error(
+                send, 400, "request cannot be forwarded: a header contains forbidden characters", "invalid_request"
             )
             return
 
@@ -278,17 +294,17 @@ class Forwarder:
                     on_chunk(chunk, t_ns)
         except TimeoutError as exc:
             if call is not None:
-                call.finish("timeout")
+                call.finish_soon("timeout")
             raise errors.UpstreamStreamAborted("upstream stalled mid-stream (read timeout)") from exc
         except (aiohttp.ClientError, OSError) as exc:
             if call is not None:
-                call.finish("upstream_closed")
+                call.finish_soon("upstream_closed")
             raise errors.UpstreamStreamAborted(f"upstream stream broke: {type(exc).__name__}") from exc
         t_end_ns = _perf_ns()
         message["more_body"] = False
         await send(message)
         if call is not None:
-            call.finish(t_ns=t_end_ns)
+            call.finish_soon(t_ns=t_end_ns)
 
     async def _stream_body_without_usage(
         self, send: Send, response: aiohttp.ClientResponse, call: CallObserver, remover: UsageEventRemover
@@ -304,11 +320,11 @@ class Forwarder:
                     await send({"type": "http.response.body", "body": forward, "more_body": True})
                 on_chunk(chunk, t_ns)
         except TimeoutError as exc:
-            call.finish("timeout")
+            call.finish_soon("timeout")
             raise errors.UpstreamStreamAborted("upstream stalled mid-stream (read timeout)") from exc
         except (aiohttp.ClientError, OSError) as exc:
-            call.finish("upstream_closed")
+            call.finish_soon("upstream_closed")
             raise errors.UpstreamStreamAborted(f"upstream stream broke: {type(exc).__name__}") from exc
         t_end_ns = _perf_ns()
         await send({"type": "http.response.body", "body": remover.flush(), "more_body": False})
-        call.finish(t_ns=t_end_ns)
+        call.finish_soon(t_ns=t_end_ns)

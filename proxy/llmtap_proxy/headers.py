@@ -44,7 +44,10 @@ def upstream_request_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
         if key in drop:
             continue
         text_key = key.decode("latin-1")
-        text_value = value.decode("latin-1")
+        try:  # the HTTP client re-encodes values as UTF-8: decode them the same way when they are
+            text_value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            text_value = value.decode("latin-1")
         if text_key in out:
             out[text_key] += ("; " if key == b"cookie" else ", ") + text_value
         else:

@@ -58,6 +58,7 @@ def build_telemetry(settings: Settings, service_name: str = "llmtap-proxy") -> t
         tokenizer=ReferenceTokenizer(settings.reference_tokenizer),
         content_max_chars=settings.capture_max_chars,
         redact_patterns=settings.redact_patterns,
+        finish_in_background=True,
     )
     return telemetry, targets
 

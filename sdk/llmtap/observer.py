@@ -30,6 +30,8 @@ class CallSink(Protocol):
 
     def end(self, call: CallObserver) -> None: ...
 
+    def schedule_finish(self, call: CallObserver, error_type: str | None, t_ns: int) -> None: ...
+
     def fault(self, where: str) -> None: ...
 
 
@@ -40,6 +42,7 @@ class CallObserver:
         "_body",
         "_body_size",
         "_decompress",
+        "_finish_requested",
         "_finished",
         "_parser",
         "_sink",
@@ -80,6 +83,7 @@ class CallObserver:
         self._body_size = 0
         self._decompress: zlib._Decompress | None = None
         self._finished = False
+        self._finish_requested = False
 
     # --- request side ---
     def set_request_body(self, body: bytes) -> None:
@@ -165,6 +169,23 @@ class CallObserver:
     @property
     def finished(self) -> bool:
         return self._finished
+
+    @property
+    def ending(self) -> bool:
+        """Finished, or its finish is scheduled."""
+        return self._finished or self._finish_requested
+
+    def finish_soon(self, error_type: str | None = None, t_ns: int | None = None) -> None:
+        """Take the end time now and let the sink decide where the rest of `finish` runs (in line, or
+        on the finisher thread, off the streaming path)."""
+        if self._finish_requested or self._finished:
+            return
+        self._finish_requested = True
+        t_ns = t_ns if t_ns is not None else time.perf_counter_ns()
+        try:
+            self._sink.schedule_finish(self, error_type, t_ns)
+        except Exception:
+            self.finish(error_type, t_ns)
 
     def finish(self, error_type: str | None = None, t_ns: int | None = None) -> None:
         """Close the call exactly once: parse a buffered body, count tokens, emit."""

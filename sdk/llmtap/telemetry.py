@@ -53,11 +53,11 @@ class _LogOnce(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
-        self._seen: set[tuple[str, int, object]] = set()
+        self._seen: set[str] = set()
         self._lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        key = (record.name, record.levelno, record.msg)
+        key = record.name  # one line per exporter (or processor), whatever it says next
         with self._lock:
             if key in self._seen:
                 return False
@@ -142,6 +142,7 @@ class Telemetry:
         redact_patterns: list[re.Pattern[str]] | None = None,
         cold_start_idle_s: float = DEFAULT_COLD_START_IDLE_S,
         tokenizer: ReferenceTokenizer | None = None,
+        finish_in_background: bool = False,
     ) -> None:
         self.tracer_provider = tracer_provider or trace.get_tracer_provider()
         self.meter_provider = meter_provider or get_meter_provider()
@@ -151,6 +152,8 @@ class Telemetry:
         self.redact_patterns = list(redact_patterns or [])
         self.cold_starts = ColdStartTracker(cold_start_idle_s)
         self.tokenizer = tokenizer if tokenizer is not None else ReferenceTokenizer()
+        # End calls (tokens, figures, span, histograms) on the finisher thread, not the caller's path
+        self.finish_in_background = finish_in_background
         self.tracer = self.tracer_provider.get_tracer(INSTRUMENTATION_NAME)
         meter = self.meter_provider.get_meter(INSTRUMENTATION_NAME)
 
@@ -271,6 +274,15 @@ class Telemetry:
         if isinstance(state, _CallState):
             propagate.inject(carrier, context=trace.set_span_in_context(state.span))
         return carrier
+
+    def schedule_finish(self, call: CallObserver, error_type: str | None, t_ns: int) -> None:
+        if self.finish_in_background:
+            from llmtap.finisher import FINISHER
+
+            FINISHER.ensure_started()
+            FINISHER.finish(call, error_type, t_ns)
+        else:
+            call.finish(error_type, t_ns)
 
     def on_facts(self, call: CallObserver) -> None:
         self.check_cold_start(call)
@@ -469,6 +481,10 @@ class Telemetry:
 
     # --- lifecycle ---
     def force_flush(self, timeout_millis: int = 10_000) -> None:
+        if self.finish_in_background:
+            from llmtap.finisher import FINISHER
+
+            FINISHER.flush(timeout_millis / 1000)
         for provider in (self.tracer_provider, self.meter_provider):
             flush = getattr(provider, "force_flush", None)
             if flush is not None:
