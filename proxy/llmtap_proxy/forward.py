@@ -18,8 +18,9 @@ import aiohttp
 from yarl import URL
 
 from llmtap.observer import CallObserver
-from llmtap.providers import detect, get_provider
+from llmtap.providers import detect, get_provider, specialize
 from llmtap.providers.base import ProviderAPI
+from llmtap.providers.openai import OpenAIAPI
 from llmtap.telemetry import Telemetry
 from llmtap_proxy import errors
 from llmtap_proxy.config import Route, Settings
@@ -121,6 +122,7 @@ class Forwarder:
             found: tuple[ProviderAPI, str] | None
             if route.provider is not None:
                 api = get_provider(route.provider)
+                api = specialize(api, target) if api is not None else None
                 operation = api.operation_for(method, target, headers) if api else None
                 found = (api, operation) if api is not None and operation is not None else None
             else:
@@ -171,7 +173,7 @@ class Forwarder:
         if call is not None:
             call.mark_received(_perf_ns())
             headers.update(call.trace_headers())
-            if self.settings.inject_stream_usage and call.api.name == "openai":
+            if self.settings.inject_stream_usage and isinstance(call.api, OpenAIAPI):
                 injected = with_stream_usage(target, body)
                 if injected is not None:
                     upstream_body, remover = injected, UsageEventRemover()

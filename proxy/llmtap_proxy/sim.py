@@ -1,10 +1,26 @@
-"""A simulated LLM backend that speaks the OpenAI and Anthropic wire formats with exact timing.
+"""A simulated LLM backend that speaks the wire formats llmtap reads, with exact timing.
 
 Used by the tests, by `llmtap demo` and by the latency benchmarks. Each generation request
 produces deterministic words (" alpha", " bravo", ...), one "token" per word. Streams send their
 preamble (headers, role chunk / message_start / response.created ...) on arrival, then content
 chunk i at the absolute time ``arrival + ttft + i * itl`` (+ optional seeded jitter), so timing
-errors never accumulate. Every SSE event is one write, hence one HTTP chunk.
+errors never accumulate. Every stream event is one write, hence one HTTP chunk.
+
+APIs and framings:
+
+    POST /v1/chat/completions, /v1/completions, /v1/responses   OpenAI (SSE)
+    POST /v1/messages                                           Anthropic Messages (SSE)
+    POST /v1/embeddings                                         OpenAI embeddings
+    POST /openai/deployments/{deployment}/chat/completions      Azure OpenAI (SSE; /embeddings too)
+    POST /v1beta/models/{model}:generateContent                 Gemini API (also /v1/models/...), and
+         .../models/{model}:streamGenerateContent               Vertex AI under /v1[beta1]/projects/{p}/
+                                                                locations/{l}/publishers/google/models/...;
+                                                                SSE with ?alt=sse, else a streamed JSON array
+    POST /model/{modelId}/converse, /converse-stream            Bedrock Converse (AWS event-stream)
+    POST /model/{modelId}/invoke, /invoke-with-response-stream  Bedrock InvokeModel, Anthropic Claude body
+    POST /api/chat, /api/generate                               Ollama (NDJSON)
+    POST /generate, /generate_stream                            Hugging Face TGI (SSE)
+    POST /v2/chat                                               Cohere v2 chat (SSE)
 
 Per-request knobs, as headers (which win) or as the body field ``"sim": {...}``:
 
@@ -17,9 +33,14 @@ Per-request knobs, as headers (which win) or as the body field ``"sim": {...}``:
     x-sim-status              status             answer with this HTTP error status
     x-sim-fail-after          fail_after         close the connection after N content chunks
     x-sim-error-event         error_event        send an in-stream error event after N chunks
+    x-sim-load-ms             load_ms            simulated model load before the first token (all APIs;
+                                                 Ollama reports it as load_duration)
 
 Ground truth: every model response carries ``x-sim-request-id``; ``GET /_sim/requests/{id}``
-returns what the simulator actually did, and ``GET /_sim/stats`` the request counts.
+returns what the simulator actually did, and ``GET /_sim/stats`` the request counts. The record
+also holds SHA-256 digests of the request body, of the Authorization header and of the response
+body as written, so a test can prove byte-exact pass-through (and untouched SigV4 signatures)
+without the simulator keeping secrets.
 """
 
 from __future__ import annotations
@@ -27,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import math
 import random
 import secrets
@@ -37,10 +59,13 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
 from typing import Any
 
 import orjson
 from aiohttp import web
+
+from llmtap.wire.aws_eventstream import encode_message
 
 __all__ = ["SimProfile", "SimServer", "create_app", "run_sim", "start_sim"]
 
@@ -54,7 +79,6 @@ _WORDS = (
 VOCAB: tuple[str, ...] = tuple(" " + w for w in _WORDS.split())
 EMBEDDING_DIM = 8
 MAX_RECORDS = 10_000
-_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 
 
 @dataclass
@@ -80,6 +104,7 @@ class _Knobs:
     status: int | None = None
     fail_after: int | None = None
     error_event: int | None = None
+    load_ms: float = 0.0
 
 
 _KNOB_TYPES: dict[str, type] = {f.name: (float if f.name.endswith("_ms") else int) for f in fields(_Knobs)}
@@ -114,8 +139,9 @@ def _knobs(profile: SimProfile, headers: Mapping[str, str], sim: Any) -> _Knobs:
 class _Record:
     """Ground truth for one request: what the simulator did, and when (seconds since arrival)."""
 
-    __slots__ = ("cancelled_at_s", "chunk_times_s", "end_s", "endpoint", "first_byte_s", "http_status",
-                 "id", "input_tokens", "model", "output_tokens", "seq", "status", "stream")
+    __slots__ = ("authorization_sha256", "cancelled_at_s", "chunk_times_s", "end_s", "endpoint", "first_byte_s",
+                 "http_status", "id", "input_tokens", "model", "output_tokens", "request_sha256", "response_bytes",
+                 "response_hash", "seq", "status", "stream")
 
     def __init__(self, request_id: str, seq: int, endpoint: str) -> None:
         self.id = request_id
@@ -131,6 +157,15 @@ class _Record:
         self.output_tokens = 0
         self.cancelled_at_s: float | None = None
         self.end_s: float | None = None
+        # Digests, so tests can prove byte-exact pass-through without the simulator keeping secrets:
+        self.request_sha256: str | None = None  # the request body as received
+        self.authorization_sha256: str | None = None  # the Authorization header as received
+        self.response_hash = hashlib.sha256()  # the response body bytes as written
+        self.response_bytes = 0
+
+    def wrote(self, data: bytes) -> None:
+        self.response_hash.update(data)
+        self.response_bytes += len(data)
 
     def to_json(self) -> dict[str, Any]:
         times = self.chunk_times_s
@@ -141,6 +176,8 @@ class _Record:
             "chunk_times_s": times, "content_chunks": len(times),
             "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
             "cancelled_at_s": self.cancelled_at_s, "end_s": self.end_s,
+            "request_sha256": self.request_sha256, "authorization_sha256": self.authorization_sha256,
+            "response_sha256": self.response_hash.hexdigest(), "response_bytes": self.response_bytes,
         }
 
 
@@ -178,6 +215,12 @@ class _Call:
     output_tokens: int = 0
     limited: bool = False
     chunks: list[bytes] = field(default_factory=list)  # JSON-safe ASCII text of each content chunk
+    stream: bool = False
+    seed: int | None = None  # the request's sampling seed, where the API keeps it (else body["seed"])
+    variant: str = ""  # the API's own sub-format (Gemini: "sse" or "json"; Ollama: "chat" or "generate")
+    load_s: float = 0.0  # simulated model load time (the load_ms knob)
+    times: list[float] = field(default_factory=list)  # content chunk times so far (ground truth)
+    elapsed_s: float = 0.0  # time since arrival when the epilogue or body is rendered
 
     @property
     def text(self) -> str:
@@ -226,9 +269,23 @@ class _Api:
 
     id_prefix = ""
     anthropic = False
+    content_type = "text/event-stream"  # of a streamed response
+
+    def setup(self, request: web.Request, body: dict[str, Any], call: _Call) -> None:
+        """Read what the path, query or body say beyond the generation parameters (model, stream)."""
+        call.stream = body.get("stream") is True
 
     def parse(self, body: dict[str, Any], call: _Call) -> None:
         raise NotImplementedError
+
+    def stream_headers(self, c: _Call) -> dict[str, str]:
+        return {"Content-Type": self.content_type, "Cache-Control": "no-cache"}
+
+    def response_headers(self, c: _Call) -> dict[str, str]:
+        return {("request-id" if self.anthropic else "x-request-id"): c.id}
+
+    def error_headers(self, status: int) -> dict[str, str]:
+        return {}
 
     def preamble(self, c: _Call) -> list[bytes]:
         raise NotImplementedError
@@ -467,13 +524,17 @@ class _Messages(_Api):
     def _stop_reason(c: _Call) -> str:
         return "max_tokens" if c.limited else "end_turn"
 
-    def preamble(self, c: _Call) -> list[bytes]:
-        message = {
+    @staticmethod
+    def _start_message(c: _Call) -> dict[str, Any]:
+        return {
             "id": c.id, "type": "message", "role": "assistant", "model": c.model, "content": [],
             "stop_reason": None, "stop_sequence": None,
             "usage": {"input_tokens": c.input_tokens, "output_tokens": 1,
                       "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0},
         }
+
+    def preamble(self, c: _Call) -> list[bytes]:
+        message = self._start_message(c)
         return [
             _event("message_start", {"type": "message_start", "message": message}),
             _event("content_block_start", {"type": "content_block_start", "index": 0,
@@ -511,20 +572,491 @@ class _Messages(_Api):
         return _anthropic_error(status, message)
 
 
+# --- Azure OpenAI -----------------------------------------------------------------------------------
+
+_AZURE_FILTER = {"hate": {"filtered": False, "severity": "safe"}, "self_harm": {"filtered": False, "severity": "safe"},
+                 "sexual": {"filtered": False, "severity": "safe"}, "violence": {"filtered": False, "severity": "safe"}}
+
+
+class _AzureChat(_Chat):
+    """Azure OpenAI chat on a deployment path: the deployment names the model when the body doesn't, and
+    the stream opens with Azure's prompt-filter chunk (empty choices, empty id and model)."""
+
+    def setup(self, request: web.Request, body: dict[str, Any], call: _Call) -> None:
+        super().setup(request, body, call)
+        if not isinstance(body.get("model"), str):
+            call.model = request.match_info.get("deployment") or call.model
+
+    def preamble(self, c: _Call) -> list[bytes]:
+        filters = {"choices": [], "created": 0, "id": "", "model": "", "object": "",
+                   "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": _AZURE_FILTER}]}
+        return [_sse(filters), *super().preamble(c)]
+
+    def body(self, c: _Call) -> dict[str, Any]:
+        reply = super().body(c)
+        reply["prompt_filter_results"] = [{"prompt_index": 0, "content_filter_results": _AZURE_FILTER}]
+        return reply
+
+
+# --- Google Gemini API and Vertex AI ----------------------------------------------------------------
+
+_GOOGLE_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+                  409: "ABORTED", 429: "RESOURCE_EXHAUSTED", 499: "CANCELLED", 500: "INTERNAL",
+                  501: "NOT_IMPLEMENTED", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+
+
+def _google_error(status: int, message: str) -> dict[str, Any]:
+    """google.rpc.Status, as the Gemini API and Vertex AI answer errors."""
+    name = _GOOGLE_STATUS.get(status, "INTERNAL" if status >= 500 else "FAILED_PRECONDITION")
+    return {"error": {"code": status, "message": message, "status": name}}
+
+
+def _gemini_words(body: dict[str, Any]) -> int:
+    contents = body.get("contents")
+    total = 0
+    system = body.get("systemInstruction") or body.get("system_instruction")
+    for content in [system, *(contents if isinstance(contents, list) else [contents])]:
+        if isinstance(content, str):
+            total += _words(content)
+        elif isinstance(content, dict):
+            total += sum(_words(p.get("text")) for p in content.get("parts") or [] if isinstance(p, dict))
+    return total
+
+
+class _Gemini(_Api):
+    """generateContent and streamGenerateContent (`{model}:action` in the path). A stream is SSE with
+    ``?alt=sse`` (`data: ...\\r\\n\\r\\n`), else one JSON array streamed element by element, as Google
+    serves it. The last element carries finishReason and the full usageMetadata."""
+
+    def setup(self, request: web.Request, body: dict[str, Any], call: _Call) -> None:
+        call.model = request.match_info.get("model") or call.model
+        call.stream = request.path.endswith(":streamGenerateContent")
+        call.variant = "sse" if request.query.get("alt") == "sse" else "json"
+
+    def parse(self, body: dict[str, Any], call: _Call) -> None:
+        call.input_tokens = _gemini_words(body)
+        config = body.get("generationConfig") or body.get("generation_config")
+        if isinstance(config, dict):
+            call.max_tokens = _int_or_none(config.get("maxOutputTokens", config.get("max_output_tokens")))
+            call.seed = _int_or_none(config.get("seed"))
+
+    def stream_headers(self, c: _Call) -> dict[str, str]:
+        if c.variant == "sse":
+            return {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        return {"Content-Type": "application/json; charset=UTF-8"}
+
+    def response_headers(self, c: _Call) -> dict[str, str]:
+        return {}
+
+    def _usage(self, c: _Call, final: bool) -> dict[str, int]:
+        if not final:
+            return {"promptTokenCount": c.input_tokens, "totalTokenCount": c.input_tokens}
+        return {"promptTokenCount": c.input_tokens, "candidatesTokenCount": c.output_tokens,
+                "totalTokenCount": c.input_tokens + c.output_tokens}
+
+    def _response(self, c: _Call, text: str, final: bool) -> dict[str, Any]:
+        candidate: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"}}
+        if final:
+            candidate["finishReason"] = "MAX_TOKENS" if c.limited else "STOP"
+        candidate["index"] = 0
+        return {"candidates": [candidate], "usageMetadata": self._usage(c, final), "modelVersion": c.model,
+                "responseId": c.id}
+
+    @staticmethod
+    def _frame(c: _Call, index: int, data: bytes, last: bool = False) -> bytes:
+        if c.variant == "sse":
+            return b"data: " + data + b"\r\n\r\n"
+        return (b"[" if index == 0 else b",\r\n") + data + (b"]" if last else b"")
+
+    def preamble(self, c: _Call) -> list[bytes]:
+        return []
+
+    def chunk_maker(self, c: _Call) -> Callable[[int, bytes], bytes]:
+        head = b'{"candidates":[{"content":{"parts":[{"text":'
+        tail = (b'}],"role":"model"},"index":0}],"usageMetadata":' + orjson.dumps(self._usage(c, False))
+                + b',"modelVersion":' + orjson.dumps(c.model) + b',"responseId":' + orjson.dumps(c.id) + b"}")
+        return lambda i, text: self._frame(c, i, head + _q(text) + tail)
+
+    def epilogue(self, c: _Call) -> list[bytes]:
+        return [self._frame(c, len(c.chunks), orjson.dumps(self._response(c, "", True)), last=True)]
+
+    def error_event(self, c: _Call, sent: int) -> bytes:
+        error = _google_error(500, "An internal error has occurred. Please retry or report in "
+                                   "https://developers.generativeai.google/guide/troubleshooting")
+        return self._frame(c, sent, orjson.dumps(error), last=True)
+
+    def body(self, c: _Call) -> dict[str, Any]:
+        return self._response(c, c.text, True)
+
+    def error_body(self, status: int, message: str) -> dict[str, Any]:
+        return _google_error(status, message)
+
+
+# --- Amazon Bedrock ---------------------------------------------------------------------------------
+
+_BEDROCK_ERRORS = {400: "ValidationException", 403: "AccessDeniedException", 404: "ResourceNotFoundException",
+                   408: "ModelTimeoutException", 424: "ModelErrorException", 429: "ThrottlingException",
+                   500: "InternalServerException", 503: "ServiceUnavailableException"}
+_BEDROCK_PAD = "abcdefghijkl"  # Bedrock pads event payloads with a "p" field; a fixed one keeps bytes stable
+
+
+def _es_event(kind: str, payload: bytes) -> bytes:
+    return encode_message({":event-type": kind, ":content-type": "application/json", ":message-type": "event"},
+                          payload)
+
+
+def _bedrock_words(body: dict[str, Any]) -> int:
+    total = 0
+    for block in body.get("system") or []:
+        if isinstance(block, dict):
+            total += _words(block.get("text"))
+    for msg in body.get("messages") or []:
+        if isinstance(msg, dict):
+            content = msg.get("content")
+            if isinstance(content, list):
+                total += sum(_words(b.get("text")) for b in content if isinstance(b, dict))
+            else:
+                total += _words(content)
+    return total
+
+
+class _Bedrock(_Api):
+    """Shared by the Bedrock runtime operations: the model id from the path, AWS-shaped errors, and
+    the binary event-stream framing (application/vnd.amazon.eventstream) for the streaming calls."""
+
+    content_type = "application/vnd.amazon.eventstream"
+
+    def setup(self, request: web.Request, body: dict[str, Any], call: _Call) -> None:
+        call.model = request.match_info.get("model_id") or call.model
+        call.stream = request.path.endswith("-stream")
+
+    def stream_headers(self, c: _Call) -> dict[str, str]:
+        return {"Content-Type": self.content_type}
+
+    def response_headers(self, c: _Call) -> dict[str, str]:
+        return {"x-amzn-RequestId": c.id}
+
+    def error_headers(self, status: int) -> dict[str, str]:
+        name = _BEDROCK_ERRORS.get(status, "InternalServerException" if status >= 500 else "ValidationException")
+        return {"x-amzn-ErrorType": f"{name}:http://internal.amazon.com/coral/com.amazon.bedrock/"}
+
+    def error_body(self, status: int, message: str) -> dict[str, Any]:
+        return {"message": message}
+
+    def error_event(self, c: _Call, sent: int) -> bytes:
+        headers = {":exception-type": "modelStreamErrorException", ":content-type": "application/json",
+                   ":message-type": "exception"}
+        payload = {"message": "The model stream had an error.", "originalStatusCode": 500}
+        return encode_message(headers, orjson.dumps(payload))
+
+
+class _BedrockConverse(_Bedrock):
+    """Converse and ConverseStream."""
+
+    def parse(self, body: dict[str, Any], call: _Call) -> None:
+        call.input_tokens = _bedrock_words(body)
+        config = body.get("inferenceConfig")
+        if isinstance(config, dict):
+            call.max_tokens = _int_or_none(config.get("maxTokens"))
+
+    @staticmethod
+    def _stop_reason(c: _Call) -> str:
+        return "max_tokens" if c.limited else "end_turn"
+
+    def _usage(self, c: _Call) -> dict[str, int]:
+        return {"inputTokens": c.input_tokens, "outputTokens": c.output_tokens,
+                "totalTokens": c.input_tokens + c.output_tokens}
+
+    def preamble(self, c: _Call) -> list[bytes]:
+        return [_es_event("messageStart", orjson.dumps({"p": _BEDROCK_PAD, "role": "assistant"}))]
+
+    def chunk_maker(self, c: _Call) -> Callable[[int, bytes], bytes]:
+        head, tail = b'{"contentBlockIndex":0,"delta":{"text":', b'},"p":"' + _BEDROCK_PAD.encode() + b'"}'
+        return lambda _i, text: _es_event("contentBlockDelta", head + _q(text) + tail)
+
+    def epilogue(self, c: _Call) -> list[bytes]:
+        metadata = {"metrics": {"latencyMs": int(c.elapsed_s * 1000)}, "p": _BEDROCK_PAD, "usage": self._usage(c)}
+        return [
+            _es_event("contentBlockStop", orjson.dumps({"contentBlockIndex": 0, "p": _BEDROCK_PAD})),
+            _es_event("messageStop", orjson.dumps({"p": _BEDROCK_PAD, "stopReason": self._stop_reason(c)})),
+            _es_event("metadata", orjson.dumps(metadata)),
+        ]
+
+    def body(self, c: _Call) -> dict[str, Any]:
+        return {
+            "output": {"message": {"role": "assistant", "content": [{"text": c.text}]}},
+            "stopReason": self._stop_reason(c), "usage": self._usage(c),
+            "metrics": {"latencyMs": int(c.elapsed_s * 1000)},
+        }
+
+
+class _BedrockInvoke(_Bedrock, _Messages):
+    """InvokeModel and InvokeModelWithResponseStream with Anthropic Claude's native body: the Messages
+    API, each stream event wrapped as a `chunk` event whose payload is {"bytes": base64(event)}. The
+    last chunk carries Bedrock's amazon-bedrock-invocationMetrics."""
+
+    id_prefix = "msg_bdrk_"
+
+    @staticmethod
+    def _chunk(event: bytes) -> bytes:
+        payload = b'{"bytes":"' + base64.b64encode(event) + b'","p":"' + _BEDROCK_PAD.encode() + b'"}'
+        return _es_event("chunk", payload)
+
+    def response_headers(self, c: _Call) -> dict[str, str]:
+        return {**super().response_headers(c), "X-Amzn-Bedrock-Input-Token-Count": str(c.input_tokens),
+                "X-Amzn-Bedrock-Output-Token-Count": str(c.output_tokens)}
+
+    def preamble(self, c: _Call) -> list[bytes]:
+        start = {"type": "message_start", "message": self._start_message(c)}
+        block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+        return [self._chunk(orjson.dumps(start)), self._chunk(orjson.dumps(block))]
+
+    def chunk_maker(self, c: _Call) -> Callable[[int, bytes], bytes]:
+        head = b'{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":'
+        return lambda _i, text: self._chunk(head + _q(text) + b"}}")
+
+    def epilogue(self, c: _Call) -> list[bytes]:
+        latency = int(c.elapsed_s * 1000)
+        first = int((c.times[0] if c.times else c.elapsed_s) * 1000)
+        metrics = {"inputTokenCount": c.input_tokens, "outputTokenCount": c.output_tokens,
+                   "invocationLatency": latency, "firstByteLatency": first}
+        delta = {"type": "message_delta", "delta": {"stop_reason": self._stop_reason(c), "stop_sequence": None},
+                 "usage": {"output_tokens": c.output_tokens}}
+        return [
+            self._chunk(orjson.dumps({"type": "content_block_stop", "index": 0})),
+            self._chunk(orjson.dumps(delta)),
+            self._chunk(orjson.dumps({"type": "message_stop", "amazon-bedrock-invocationMetrics": metrics})),
+        ]
+
+
+# --- Ollama -----------------------------------------------------------------------------------------
+
+def _ollama_time() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _ns(seconds: float) -> int:
+    return max(0, int(seconds * 1e9))
+
+
+class _Ollama(_Api):
+    """Ollama's native /api/chat and /api/generate: NDJSON lines (application/x-ndjson), streaming unless
+    the body says "stream": false. The last line has done: true and the server's timings in
+    nanoseconds; load_duration is the simulated model load (the load_ms knob)."""
+
+    content_type = "application/x-ndjson"
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind  # "chat" or "generate"
+
+    def setup(self, request: web.Request, body: dict[str, Any], call: _Call) -> None:
+        call.stream = body.get("stream") is not False
+        call.variant = self.kind
+
+    def parse(self, body: dict[str, Any], call: _Call) -> None:
+        if self.kind == "chat":
+            call.input_tokens = _words(body.get("messages"))
+        else:
+            call.input_tokens = _words(body.get("system")) + _words(body.get("prompt"))
+        options = body.get("options")
+        if isinstance(options, dict):
+            call.max_tokens = _int_or_none(options.get("num_predict"))
+            call.seed = _int_or_none(options.get("seed"))
+
+    def stream_headers(self, c: _Call) -> dict[str, str]:
+        return {"Content-Type": self.content_type}
+
+    def response_headers(self, c: _Call) -> dict[str, str]:
+        return {}
+
+    def _object(self, c: _Call, text: str, done: bool) -> dict[str, Any]:
+        obj: dict[str, Any] = {"model": c.model, "created_at": _ollama_time()}
+        if self.kind == "chat":
+            obj["message"] = {"role": "assistant", "content": text}
+        else:
+            obj["response"] = text
+        obj["done"] = done
+        return obj
+
+    def preamble(self, c: _Call) -> list[bytes]:
+        return []
+
+    def chunk_maker(self, c: _Call) -> Callable[[int, bytes], bytes]:
+        return lambda _i, text: orjson.dumps(self._object(c, text.decode(), False)) + b"\n"
+
+    def _done(self, c: _Call, text: str) -> dict[str, Any]:
+        obj = self._object(c, text, True)
+        first = c.times[0] if c.times else c.elapsed_s
+        last = c.times[-1] if c.times else c.elapsed_s
+        obj.update(
+            done_reason="length" if c.limited else "stop",
+            total_duration=_ns(c.elapsed_s), load_duration=_ns(c.load_s),
+            prompt_eval_count=c.input_tokens, prompt_eval_duration=_ns(first - c.load_s),
+            eval_count=c.output_tokens, eval_duration=_ns(last - first),
+        )
+        return obj
+
+    def epilogue(self, c: _Call) -> list[bytes]:
+        return [orjson.dumps(self._done(c, "")) + b"\n"]
+
+    def error_event(self, c: _Call, sent: int) -> bytes:
+        return orjson.dumps({"error": "an error was encountered while running the model: unexpected EOF"}) + b"\n"
+
+    def body(self, c: _Call) -> dict[str, Any]:
+        return self._done(c, c.text)
+
+    def error_body(self, status: int, message: str) -> dict[str, Any]:
+        return {"error": message}
+
+
+# --- Hugging Face TGI -------------------------------------------------------------------------------
+
+_TGI_ERRORS = {422: "validation", 424: "generation", 429: "overloaded", 500: "incomplete_generation"}
+_TGI_EOS = {"id": 2, "text": "</s>", "logprob": -0.01, "special": True}
+
+
+class _TGI(_Api):
+    """TGI's native /generate and /generate_stream (SSE, `data:` without a space, one token per event).
+    The last content token carries generated_text and details when max_new_tokens cut the output;
+    otherwise a special EOS token follows with finish_reason eos_token (and counts as generated)."""
+
+    def setup(self, request: web.Request, body: dict[str, Any], call: _Call) -> None:
+        call.stream = request.path.endswith("/generate_stream")
+
+    def parse(self, body: dict[str, Any], call: _Call) -> None:
+        call.input_tokens = _words(body.get("inputs"))
+        params = body.get("parameters")
+        if isinstance(params, dict):
+            call.max_tokens = _int_or_none(params.get("max_new_tokens"))
+            call.seed = _int_or_none(params.get("seed"))
+            call.variant = "details" if params.get("details") is True else ""
+
+    def response_headers(self, c: _Call) -> dict[str, str]:
+        return {}
+
+    @staticmethod
+    def _token(i: int, text: str) -> dict[str, Any]:
+        return {"id": 100 + i, "text": text, "logprob": -0.25, "special": False}
+
+    def _details(self, c: _Call) -> dict[str, Any]:
+        eos = not c.limited
+        return {"finish_reason": "eos_token" if eos else "length", "generated_tokens": c.output_tokens + eos,
+                "seed": c.seed, "input_length": c.input_tokens}
+
+    @staticmethod
+    def _data(obj: Any) -> bytes:
+        return b"data:" + orjson.dumps(obj) + b"\n\n"
+
+    def preamble(self, c: _Call) -> list[bytes]:
+        return []
+
+    def chunk_maker(self, c: _Call) -> Callable[[int, bytes], bytes]:
+        last = len(c.chunks) - 1 if c.limited else -1
+
+        def make(i: int, text: bytes) -> bytes:
+            final = i == last
+            return self._data({"index": i + 1, "token": self._token(i, text.decode()), "top_tokens": None,
+                               "generated_text": c.text if final else None,
+                               "details": self._details(c) if final else None})
+
+        return make
+
+    def epilogue(self, c: _Call) -> list[bytes]:
+        if c.limited and c.chunks:
+            return []  # the last content token already closed the stream
+        return [self._data({"index": len(c.chunks) + 1, "token": _TGI_EOS, "top_tokens": None,
+                            "generated_text": c.text, "details": self._details(c)})]
+
+    def error_event(self, c: _Call, sent: int) -> bytes:
+        return self._data({"error": "Request failed during generation: Server error: CUDA out of memory",
+                           "error_type": "generation"})
+
+    def body(self, c: _Call) -> dict[str, Any]:
+        reply: dict[str, Any] = {"generated_text": c.text}
+        if c.variant == "details":
+            tokens = [self._token(i, t.decode()) for i, t in enumerate(c.chunks)]
+            if not c.limited:
+                tokens.append(_TGI_EOS)
+            details = self._details(c)
+            reply["details"] = {"finish_reason": details["finish_reason"],
+                                "generated_tokens": details["generated_tokens"], "seed": c.seed, "prefill": [],
+                                "tokens": tokens}
+        return reply
+
+    def error_body(self, status: int, message: str) -> dict[str, Any]:
+        return {"error": message, "error_type": _TGI_ERRORS.get(status, "validation" if status < 500 else "generation")}
+
+
+# --- Cohere v2 chat ---------------------------------------------------------------------------------
+
+class _Cohere(_Api):
+    """Cohere's /v2/chat: typed SSE events (event name = the data's "type"), usage in message-end."""
+
+    def parse(self, body: dict[str, Any], call: _Call) -> None:
+        call.input_tokens = _words(body.get("messages"))
+        call.max_tokens = _int_or_none(body.get("max_tokens"))
+
+    @staticmethod
+    def _finish(c: _Call) -> str:
+        return "MAX_TOKENS" if c.limited else "COMPLETE"
+
+    @staticmethod
+    def _usage(c: _Call) -> dict[str, Any]:
+        counts = {"input_tokens": c.input_tokens, "output_tokens": c.output_tokens}
+        return {"billed_units": dict(counts), "tokens": counts}
+
+    @staticmethod
+    def _typed(obj: dict[str, Any]) -> bytes:
+        return _event(obj["type"], obj)
+
+    def preamble(self, c: _Call) -> list[bytes]:
+        message = {"role": "assistant", "content": [], "tool_plan": "", "tool_calls": [], "citations": []}
+        return [
+            self._typed({"id": c.id, "type": "message-start", "delta": {"message": message}}),
+            self._typed({"type": "content-start", "index": 0,
+                         "delta": {"message": {"content": {"type": "text", "text": ""}}}}),
+        ]
+
+    def chunk_maker(self, c: _Call) -> Callable[[int, bytes], bytes]:
+        head = b'event: content-delta\ndata: {"type":"content-delta","index":0,"delta":{"message":{"content":{"text":'
+        return lambda _i, text: head + _q(text) + b"}}}}\n\n"
+
+    def epilogue(self, c: _Call) -> list[bytes]:
+        return [
+            self._typed({"type": "content-end", "index": 0}),
+            self._typed({"type": "message-end", "delta": {"finish_reason": self._finish(c), "usage": self._usage(c)}}),
+        ]
+
+    def error_event(self, c: _Call, sent: int) -> bytes:
+        delta = {"finish_reason": "ERROR", "error": "internal server error, this has been reported"}
+        return self._typed({"type": "message-end", "delta": delta})
+
+    def body(self, c: _Call) -> dict[str, Any]:
+        return {"id": c.id, "finish_reason": self._finish(c),
+                "message": {"role": "assistant", "content": [{"type": "text", "text": c.text}]},
+                "usage": self._usage(c)}
+
+    def error_body(self, status: int, message: str) -> dict[str, Any]:
+        return {"id": secrets.token_hex(16), "message": message}
+
+
 # --- handlers ---------------------------------------------------------------------------------------
 
-def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=orjson.dumps(obj), status=status, headers=headers,
-                        content_type="application/json")
+def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None,
+          rec: _Record | None = None) -> web.Response:
+    body = orjson.dumps(obj)
+    if rec is not None:
+        rec.wrote(body)
+    return web.Response(body=body, status=status, headers=headers, content_type="application/json")
 
 
 def _error_response(api: _Api, status: int, message: str, rec: _Record) -> web.Response:
     rec.http_status = status
     rec.status = "error_status"
-    headers = {"x-sim-request-id": rec.id}
+    headers = {"x-sim-request-id": rec.id, **api.error_headers(status)}
     if status == 429:
         headers["retry-after"] = "0"
-    return _json(api.error_body(status, message), status, headers)
+    return _json(api.error_body(status, message), status, headers, rec)
 
 
 class _Clock:
@@ -568,7 +1100,7 @@ class _Ctx:
         self.rec.cancelled_at_s = self.clock.since()
 
     async def send_json(self, obj: Any, headers: dict[str, str]) -> web.Response:
-        response = self.response = _json(obj, headers=headers)
+        response = self.response = _json(obj, headers=headers, rec=self.rec)
         await response.prepare(self.request)
         await response.write_eof()
         self.rec.first_byte_s = self.clock.since()
@@ -587,7 +1119,12 @@ def _make_handler(api: _Api, respond: _Responder) -> Callable[[web.Request], Awa
         ctx = _Ctx(request)
         try:
             try:
-                body = orjson.loads(await request.read())
+                raw = await request.read()
+                ctx.rec.request_sha256 = hashlib.sha256(raw).hexdigest()
+                authorization = request.headers.get("Authorization")
+                if authorization is not None:
+                    ctx.rec.authorization_sha256 = hashlib.sha256(authorization.encode("latin-1")).hexdigest()
+                body = orjson.loads(raw)
                 if not isinstance(body, dict):
                     raise ValueError("request body must be a JSON object")
                 knobs = _knobs(ctx.state.profile, request.headers, body.get("sim"))
@@ -614,40 +1151,50 @@ async def _generate(ctx: _Ctx, api: _Api, body: dict[str, Any], knobs: _Knobs) -
     model = body.get("model") if isinstance(body.get("model"), str) else state.profile.model
     call = _Call(id=f"{api.id_prefix}sim{rec.id.replace('-', '')}", model=model, created=int(time.time()),
                  input_tokens=0, max_tokens=None)
+    api.setup(ctx.request, body, call)  # may take the model from the path (Gemini, Bedrock, Azure)
     api.parse(body, call)
     call.input_tokens = max(call.input_tokens, 1)
     n = knobs.tokens if call.max_tokens is None else min(knobs.tokens, call.max_tokens)
     call.output_tokens, call.limited = n, n < knobs.tokens
-    seed = _int_or_none(body.get("seed"))
+    seed = call.seed if call.seed is not None else _int_or_none(body.get("seed"))
     rng = random.Random(seed if seed is not None else state.profile.seed * 1_000_003 + rec.seq)
     words = rng.choices(VOCAB, k=n)
     per = knobs.tokens_per_chunk
     call.chunks = ["".join(words[i:i + per]).encode() for i in range(0, n, per)]
-    rec.model, rec.input_tokens, rec.output_tokens = model, call.input_tokens, n
-    rec.stream = body.get("stream") is True
+    rec.model, rec.input_tokens, rec.output_tokens = call.model, call.input_tokens, n
+    rec.stream = call.stream
+    call.load_s = knobs.load_ms / 1000
+    call.times = rec.chunk_times_s
 
     # Absolute schedule of each content chunk (seconds after arrival), non-decreasing with jitter.
-    ttft, itl, jitter = knobs.ttft_ms / 1000, knobs.itl_ms / 1000, knobs.jitter_ms / 1000
+    # A simulated model load (load_ms) comes before everything else.
+    ttft, itl, jitter = call.load_s + knobs.ttft_ms / 1000, knobs.itl_ms / 1000, knobs.jitter_ms / 1000
     schedule = [ttft + i * itl for i in range(len(call.chunks))]
     if jitter > 0:
         previous = 0.0
         for i, at in enumerate(schedule):
             previous = schedule[i] = max(previous, at + rng.uniform(0, jitter))
 
-    headers = {"x-sim-request-id": rec.id, ("request-id" if api.anthropic else "x-request-id"): call.id}
+    headers = {"x-sim-request-id": rec.id, **api.response_headers(call)}
     if not rec.stream:
         await clock.sleep_until(schedule[-1] if schedule else ttft)
         if knobs.fail_after is not None:
             rec.status = "aborted"
             _abort(ctx.request)
             return web.Response()  # never sent: the connection is gone
+        call.elapsed_s = clock.since()
         return await ctx.send_json(api.body(call), headers)
 
-    resp = ctx.response = web.StreamResponse(headers={**_SSE_HEADERS, **headers})
+    resp = ctx.response = web.StreamResponse(headers={**api.stream_headers(call), **headers})
     resp.enable_chunked_encoding()
     await resp.prepare(ctx.request)
+
+    async def write(data: bytes) -> None:
+        rec.wrote(data)
+        await resp.write(data)
+
     for event in api.preamble(call):
-        await resp.write(event)
+        await write(event)
     rec.first_byte_s = clock.since()
 
     stop_at = len(call.chunks)
@@ -659,8 +1206,10 @@ async def _generate(ctx: _Ctx, api: _Api, body: dict[str, Any], knobs: _Knobs) -
     for i in range(stop_at):
         payload = make_chunk(i, call.chunks[i])
         await clock.sleep_until(schedule[i])
-        await resp.write(payload)
+        # The time it goes out: taken just before the write, which hands it to the socket. Taken after,
+        # it could include a wait for another thread to release the GIL (the tests run three threads).
         times.append(clock.since())
+        await write(payload)
 
     if knobs.fail_after is not None and stop_at == knobs.fail_after:
         rec.status = "aborted"
@@ -668,10 +1217,11 @@ async def _generate(ctx: _Ctx, api: _Api, body: dict[str, Any], knobs: _Knobs) -
         return resp
     if knobs.error_event is not None and stop_at == knobs.error_event:
         rec.status = "error_event"
-        await resp.write(api.error_event(call, stop_at))
+        await write(api.error_event(call, stop_at))
     else:
+        call.elapsed_s = clock.since()
         for event in api.epilogue(call):
-            await resp.write(event)
+            await write(event)
         rec.status = "ok"
     await resp.write_eof()
     return resp
@@ -693,7 +1243,7 @@ async def _embeddings(ctx: _Ctx, api: _Api, body: dict[str, Any], knobs: _Knobs)
     ctx.rec.model, ctx.rec.input_tokens = model, tokens
     await ctx.clock.sleep_until(knobs.ttft_ms / 1000)
     reply = {"object": "list", "data": data, "model": model,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
     return await ctx.send_json(reply, {"x-sim-request-id": ctx.rec.id})
 
 
@@ -736,6 +1286,25 @@ def create_app(profile: SimProfile | None = None) -> web.Application:
     app.router.add_post("/v1/responses", _make_handler(_Responses(), _generate))
     app.router.add_post("/v1/messages", _make_handler(_Messages(), _generate))
     app.router.add_post("/v1/embeddings", _make_handler(_Api(), _embeddings))
+    azure = "/openai/deployments/{deployment}"
+    app.router.add_post(azure + "/chat/completions", _make_handler(_AzureChat(), _generate))
+    app.router.add_post(azure + "/embeddings", _make_handler(_Api(), _embeddings))
+    gemini = _make_handler(_Gemini(), _generate)
+    vertex = ("/{version}/projects/{project}/locations/{location}/publishers/google/models",
+              "/{version}/publishers/google/models")  # the second: Vertex AI express mode (API key)
+    for base in ("/v1beta/models", "/v1/models", *vertex):
+        for action in ("generateContent", "streamGenerateContent"):
+            app.router.add_post(f"{base}/{{model}}:{action}", gemini)
+    converse, invoke = _make_handler(_BedrockConverse(), _generate), _make_handler(_BedrockInvoke(), _generate)
+    for action, handler in (("converse", converse), ("converse-stream", converse), ("invoke", invoke),
+                            ("invoke-with-response-stream", invoke)):
+        app.router.add_post(f"/model/{{model_id}}/{action}", handler)
+    app.router.add_post("/api/chat", _make_handler(_Ollama("chat"), _generate))
+    app.router.add_post("/api/generate", _make_handler(_Ollama("generate"), _generate))
+    tgi = _make_handler(_TGI(), _generate)
+    app.router.add_post("/generate", tgi)
+    app.router.add_post("/generate_stream", tgi)
+    app.router.add_post("/v2/chat", _make_handler(_Cohere(), _generate))
     app.router.add_get("/v1/models", _models)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/_sim/requests/{id}", _ground_truth)

@@ -22,6 +22,7 @@ from llmtap.providers.base import (
     Finish,
     RequestFacts,
     ResponseInfo,
+    ServerTimings,
     StreamError,
     StreamItem,
     UsageReport,
@@ -73,6 +74,7 @@ class Exchange:
         "output_parts",
         "response_id",
         "response_model",
+        "server_timings",
         "status_code",
         "streamed",
         "t_end_ns",
@@ -105,6 +107,7 @@ class Exchange:
         self.usage = UsageReport()
         self.response_model: str | None = None
         self.response_id: str | None = None
+        self.server_timings: ServerTimings | None = None  # what the model server says it spent
         self.finish_reasons: list[str] = []
         self.status_code: int | None = None
         self.streamed = False  # the response body was a stream (SSE, NDJSON, ...)
@@ -148,6 +151,8 @@ class Exchange:
             elif type(item) is StreamError:
                 self.error_type = item.type or "error"
                 self.error_message = item.message
+            elif type(item) is ServerTimings:
+                self.server_timings = item
         if has_content:
             self.content_chunks += 1
             times = self.content_times

@@ -102,6 +102,11 @@ USAGE_SOURCE_ESTIMATE = "estimate"
 # --- span events ---
 EVENT_FIRST_TOKEN = "llmtap.first_token"
 
+# --- durations the model server reports (Ollama), in seconds ---
+SERVER_LOAD_DURATION = "llmtap.server.load_duration"
+SERVER_PROMPT_EVAL_DURATION = "llmtap.server.prompt_eval_duration"
+SERVER_EVAL_DURATION = "llmtap.server.eval_duration"
+
 # --- error.type values of our own (others are HTTP status codes or exception class names) ---
 ERROR_CANCELLED = "cancelled"
 ERROR_TIMEOUT = "timeout"

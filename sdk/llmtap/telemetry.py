@@ -126,6 +126,7 @@ class _CallState:
     server_port: int
     active_attributes: dict[str, Any]
     cold_start: bool | None = None
+    counted_done: bool = False  # llmtap.requests.active was decremented
 
 
 class Telemetry:
@@ -275,7 +276,15 @@ class Telemetry:
             propagate.inject(carrier, context=trace.set_span_in_context(state.span))
         return carrier
 
+    def _count_done(self, state: _CallState) -> None:
+        if not state.counted_done:
+            state.counted_done = True
+            self.requests_active.add(-1, state.active_attributes)
+
     def schedule_finish(self, call: CallObserver, error_type: str | None, t_ns: int) -> None:
+        state = call.context
+        if isinstance(state, _CallState):
+            self._count_done(state)  # the call's traffic is over now, whenever its telemetry is done
         if self.finish_in_background:
             from llmtap.finisher import FINISHER
 
@@ -313,7 +322,7 @@ class Telemetry:
         state = call.context
         if not isinstance(state, _CallState):
             return
-        self.requests_active.add(-1, state.active_attributes)
+        self._count_done(state)
         self.check_cold_start(call)
         exchange = call.exchange
         facts = exchange.facts
@@ -352,6 +361,7 @@ class Telemetry:
             attributes[semconv.HTTP_RESPONSE_STATUS_CODE] = exchange.status_code
         attributes[semconv.OBSERVER] = state.observer_name
         usage = exchange.usage
+        timings = exchange.server_timings
         for key, value in (
             (semconv.USAGE_INPUT_TOKENS, usage.input_tokens),
             (semconv.USAGE_OUTPUT_TOKENS, usage.output_tokens),
@@ -369,6 +379,9 @@ class Telemetry:
             (semconv.DECODE_RATE, figures.decode_rate),
             (semconv.NORMALIZED_REASONING_TOKENS, exchange.normalized_output_by_kind.get("reasoning")),
             (semconv.NORMALIZED_TOOL_CALL_TOKENS, exchange.normalized_output_by_kind.get("tool_call")),
+            (semconv.SERVER_LOAD_DURATION, timings.load_duration_s if timings else None),
+            (semconv.SERVER_PROMPT_EVAL_DURATION, timings.prompt_eval_duration_s if timings else None),
+            (semconv.SERVER_EVAL_DURATION, timings.eval_duration_s if timings else None),
             (semconv.USAGE_SOURCE, figures.usage_source),
         ):
             if value is not None:
@@ -584,10 +597,13 @@ def configure_from_env(
     *,
     metrics_port: int | None = None,
     metrics_host: str = "127.0.0.1",
+    telemetry_file: str | None = None,
 ) -> tuple[Any, Any, TelemetryTargets]:
     """SDK providers built from OTEL_* variables: OTLP over http/protobuf by default, grpc when
     asked, console, prometheus, or none. `metrics_port` adds a Prometheus scrape endpoint whatever
-    OTEL_METRICS_EXPORTER says. Returns (tracer_provider, meter_provider, where the data goes)."""
+    OTEL_METRICS_EXPORTER says. `telemetry_file` adds OTLP JSON-lines file exporters for spans and
+    metrics (llmtap.otlp_file) beside whatever OTEL_* selects.
+    Returns (tracer_provider, meter_provider, where the data goes)."""
     from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
     from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, PeriodicExportingMetricReader
     from opentelemetry.sdk.resources import Resource
@@ -610,6 +626,11 @@ def configure_from_env(
             exporter = ConsoleSpanExporter(out=console_out) if console_out else ConsoleSpanExporter()
             tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
             traces.append("console")
+    if telemetry_file:
+        from llmtap.otlp_file import OTLPJsonFileSpanExporter
+
+        tracer_provider.add_span_processor(BatchSpanProcessor(OTLPJsonFileSpanExporter(telemetry_file)))
+        traces.append(f"file -> {telemetry_file}")
 
     readers = []
     metrics: list[str] = []
@@ -631,6 +652,11 @@ def configure_from_env(
             exporter = ConsoleMetricExporter(out=console_out) if console_out else ConsoleMetricExporter()
             readers.append(PeriodicExportingMetricReader(exporter))
             metrics.append("console")
+    if telemetry_file:
+        from llmtap.otlp_file import OTLPJsonFileMetricExporter
+
+        readers.append(PeriodicExportingMetricReader(OTLPJsonFileMetricExporter(telemetry_file)))
+        metrics.append(f"file -> {telemetry_file}")
     meter_provider = SdkMeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
     _quiet_exporter_logs()
     targets = TelemetryTargets(", ".join(traces) or "none", ", ".join(metrics) or "none", servers)

@@ -370,7 +370,7 @@ BAD_VALUES = [
     ("securityContext.readOnlyRootFilesystem=yes", r"/securityContext/readOnlyRootFilesystem.*want boolean"),
     ("securityContext.runAsNonRoot=false", r"/securityContext/runAsNonRoot.*must be true"),
     ("routes[0].prefix=/x,routes[0].upstream=https://a.example,routes[0].provider=opneai",
-     r"/routes/0/provider.*one of 'openai', 'anthropic'"),
+     r"/routes/0/provider.*one of 'openai', 'azure.ai.openai', 'anthropic'"),
     ("routes[0].prefix=x,routes[0].upstream=https://a.example", r"/routes/0/prefix.*does not match"),
     ("metrics.port=70000", r"/metrics/port.*maximum"),
     ("routes[0].prefix=/x,routes[0].upstream=https://a.example,routes[0].headers.authorization=Bearer ${MISSING_KEY}",

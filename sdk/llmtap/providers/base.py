@@ -69,6 +69,16 @@ class Finish:
 
 
 @dataclass(slots=True)
+class ServerTimings:
+    """Durations the model server reports for one call (Ollama's `done` stats), in seconds."""
+
+    load_duration_s: float | None = None  # model load: a server-reported cold start
+    prompt_eval_duration_s: float | None = None
+    eval_duration_s: float | None = None
+    total_duration_s: float | None = None
+
+
+@dataclass(slots=True)
 class StreamError:
     """An error the provider reported inside a stream or an error body."""
 
@@ -76,7 +86,7 @@ class StreamError:
     message: str = ""
 
 
-StreamItem = ContentDelta | UsageReport | ResponseInfo | Finish | StreamError
+StreamItem = ContentDelta | UsageReport | ResponseInfo | Finish | StreamError | ServerTimings
 
 NO_ITEMS: tuple[StreamItem, ...] = ()
 

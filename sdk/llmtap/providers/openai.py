@@ -13,6 +13,7 @@ first token of a response that calls a tool. The Anthropic parser does the same 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import unquote
 
 import orjson
 
@@ -499,3 +500,48 @@ class OpenAIAPI(ProviderAPI):
             return _response_items(body)
         except Exception:
             return []
+
+
+# --- Azure OpenAI -------------------------------------------------------------------------------
+
+_AZURE_DEPLOYMENTS = "/openai/deployments/"
+
+
+def azure_deployment(path: str) -> str | None:
+    """The deployment name in `/openai/deployments/{name}/...`, URL-decoded, else None."""
+    path = path.partition("?")[0]
+    index = path.find(_AZURE_DEPLOYMENTS)
+    if index < 0:
+        return None
+    name = path[index + len(_AZURE_DEPLOYMENTS):].partition("/")[0]
+    return unquote(name) or None
+
+
+class AzureOpenAIAPI(OpenAIAPI):
+    """Azure OpenAI (`azure.ai.openai`): the OpenAI wire format on Azure's paths.
+
+    Recognised: deployment paths (`/openai/deployments/{deployment}/chat/completions?api-version=...`,
+    also /completions, /embeddings, /responses) and the v1 paths (`/openai/v1/...`) when the request
+    carries Azure's `api-key` header (Groq and others also serve `/openai/v1/`, with a bearer token).
+    The body of a deployment call usually has no "model": the deployment name is then the requested
+    model. The response chunks name the model actually served (gen_ai.response.model). The `api-key`
+    header is forwarded untouched and never read or recorded.
+    """
+
+    name = "azure.ai.openai"
+
+    def operation_for(self, method: str, path: str, headers: dict[str, str]) -> str | None:
+        target = path.partition("?")[0]
+        if _AZURE_DEPLOYMENTS in target or ("/openai/v1/" in target and "api-key" in headers):
+            return super().operation_for(method, path, headers)
+        return None
+
+    def request_facts(self, operation: str, body: bytes, path: str = "") -> RequestFacts:
+        facts = super().request_facts(operation, body, path)
+        facts.provider = self.name
+        if facts.model is None:
+            try:
+                facts.model = azure_deployment(path)
+            except Exception:
+                pass
+        return facts

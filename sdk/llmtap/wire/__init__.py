@@ -9,6 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from llmtap.wire.aws_eventstream import AWSEventStreamDecoder
+from llmtap.wire.json_array import JSONArrayDecoder
+from llmtap.wire.ndjson import NDJSONDecoder
 from llmtap.wire.sse import SSEDecoder, SSEEvent
 
 
@@ -18,7 +21,13 @@ class StreamDecoder(Protocol):
     def close(self) -> list[SSEEvent]: ...
 
 
-DECODERS: dict[str, Callable[[], StreamDecoder]] = {"sse": SSEDecoder}
+# Stream format name (what `ProviderAPI.stream_format` returns) -> decoder factory.
+DECODERS: dict[str, Callable[[], StreamDecoder]] = {
+    "sse": SSEDecoder,
+    "ndjson": NDJSONDecoder,  # Ollama
+    "json-array": JSONArrayDecoder,  # Gemini streamGenerateContent without ?alt=sse
+    "aws-eventstream": AWSEventStreamDecoder,  # Bedrock ConverseStream, InvokeModelWithResponseStream
+}
 
 
 def decoder_for(stream_format: str) -> StreamDecoder | None:
@@ -26,4 +35,13 @@ def decoder_for(stream_format: str) -> StreamDecoder | None:
     return factory() if factory is not None else None
 
 
-__all__ = ["DECODERS", "SSEDecoder", "SSEEvent", "StreamDecoder", "decoder_for"]
+__all__ = [
+    "DECODERS",
+    "AWSEventStreamDecoder",
+    "JSONArrayDecoder",
+    "NDJSONDecoder",
+    "SSEDecoder",
+    "SSEEvent",
+    "StreamDecoder",
+    "decoder_for",
+]
