@@ -3,6 +3,7 @@
     python benchmarks/overhead.py                      # full run (about 4.5 min), writes docs/benchmarks.md
     python benchmarks/overhead.py --quick              # smoke run (< 60 s), prints only
     python benchmarks/overhead.py --repetitions 7 --concurrency 1,16,64 --tokens 100 --out /tmp/b.md
+    python benchmarks/overhead.py --rt 10              # on a busy shared machine (root): SCHED_FIFO, see below
 
 What runs (each a subprocess, except the load generator, which is this process):
   * the simulated backend   `llmtap sim --port P --ttft-ms 50 --itl-ms 20 --tokens 100`
@@ -10,7 +11,11 @@ What runs (each a subprocess, except the load generator, which is this process):
                             OTLP/HTTP to a local sink, OTEL_METRIC_EXPORT_INTERVAL=5000, OTEL_BSP_SCHEDULE_DELAY=1000
   * the OTLP sink           `python benchmarks/otlp_sink.py --port S` (200 + empty protobuf, counts requests/bytes)
 Layout: the proxy alone on CPU 0; sim, sink and load generator on CPU 1 (`taskset -c`, verified from
-/proc/<pid>/task/*/status after start-up).
+/proc/<pid>/task/*/status after start-up). On a shared machine, other processes' load lands on the same
+two CPUs; it is measured (/proc/stat) and reported. Two ways to shield the benchmark from it (root):
+--rt PRIO runs every benchmark process SCHED_FIFO (they preempt other work at once; they use well under
+the 95 % RT throttling cap), --nice N lowers their nice level and that of this session's autogroup
+(autogroup scheduling shares CPU between sessions first), restored at the end; nice only reduces it.
 
 The load generator (uvloop + one aiohttp session, connector limit=0) streams OpenAI chat completions
 (stream + include_usage) and records per request, with time.perf_counter_ns: TTFT (request start ->
@@ -35,6 +40,7 @@ import os
 import platform
 import re
 import resource
+import shlex
 import shutil
 import signal
 import socket
@@ -57,6 +63,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 TARGETS = ("direct", "proxied")
 ITL_P50_TARGET_MS = 0.5
+FOREIGN_CPU_WARN = 0.15  # warn when other processes take more than this share of a benchmark CPU
+WARMUP_SETTLE_S = 0.3
 SLOW_GAP_MS = 10.0  # an ITL sample counts as slow when it exceeds the backend's itl by this much
 VERSIONED = ("aiohttp", "uvicorn", "starlette", "opentelemetry-sdk", "uvloop", "httptools", "orjson", "llmtap")
 _perf_ns = time.perf_counter_ns
@@ -70,10 +78,33 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _die_with_parent() -> None:
-    """preexec_fn: the child gets SIGTERM if this process dies, even by SIGKILL (Linux prctl)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+def _child_setup(nice: int, rt: int) -> Any:
+    def setup() -> None:
+        """preexec_fn: SIGTERM if this process dies, even by SIGKILL (Linux prctl); then the priority."""
+        with contextlib.suppress(Exception):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        set_priority(nice, rt)
+
+    return setup
+
+
+def set_priority(nice: int, rt: int) -> None:
+    """Nice level and/or SCHED_FIFO for the calling thread; threads it creates later inherit both."""
+    if nice:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    if rt:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(rt))
+
+
+def sched_policies(pid: int) -> set[str]:
+    """Scheduling policy of every thread of a process (field 41 of /proc/<pid>/task/<tid>/stat)."""
+    names = {0: "normal", 1: "fifo", 2: "rr", 3: "batch", 5: "idle", 6: "deadline"}
+    found: set[str] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            policy = int((task / "stat").read_text().rsplit(")", 1)[1].split()[38])
+            found.add(names.get(policy, str(policy)))
+    return found
 
 
 @dataclass
@@ -105,14 +136,44 @@ class Proc:
         return self.popen.returncode
 
 
-def start_proc(name: str, argv: list[str], cpu: int | None, env: dict[str, str], logdir: Path) -> Proc:
+def start_proc(name: str, argv: list[str], cpu: int | None, env: dict[str, str], logdir: Path, nice: int = 0,
+               rt: int = 0) -> Proc:
     if cpu is not None:
         argv = ["taskset", "-c", str(cpu), *argv]  # taskset execs the command: same pid
     log = logdir / f"{name}.log"
     with log.open("wb") as out:
         popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 env=env, cwd=ROOT, preexec_fn=_die_with_parent)
+                                 env=env, cwd=ROOT, preexec_fn=_child_setup(nice, rt))
     return Proc(name, argv, popen, log)
+
+
+def set_autogroup_nice(nice: int) -> int | None:
+    """With autogroup scheduling (CONFIG_SCHED_AUTOGROUP, sched_autogroup_enabled=1) CPU time is first shared
+    between sessions, so a process's own nice level only counts against its own session. Setting the
+    autogroup's nice too makes --nice effective against other sessions' load. Returns the previous value."""
+    path = Path("/proc/self/autogroup")
+    try:
+        previous = int(path.read_text().split("nice")[1])
+        path.write_text(str(nice))
+        return previous
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+_PROBE = ("import time\nt = time.perf_counter()\nx = 0\nfor i in range(2_000_000):\n    x += i\n"
+          "print((time.perf_counter() - t) * 1e3)")
+
+
+def cpu_probe(cpu: int | None, nice: int, rt: int, runs: int = 3) -> float:
+    """Speed of one CPU right now: the fastest of `runs` timings of a fixed pure-Python loop, in ms.
+    On shared virtual machines the same loop can take 50 % longer from one minute to the next."""
+    argv = ["taskset", "-c", str(cpu)] if cpu is not None else []
+    timings = []
+    for _ in range(runs):
+        out = subprocess.run([*argv, sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=60,
+                             preexec_fn=_child_setup(nice, rt), check=True)
+        timings.append(float(out.stdout))
+    return min(timings)
 
 
 def llmtap_argv() -> list[str]:
@@ -154,6 +215,16 @@ def thread_affinities(pid: int) -> set[str]:
                 if line.startswith("Cpus_allowed_list:"):
                     found.add(line.split(":", 1)[1].strip())
     return found
+
+
+def nice_level(pid: int) -> str:
+    """The process's nice level, plus its autogroup's when autogroup scheduling is on."""
+    with open(f"/proc/{pid}/stat") as f:
+        nice = f.read().rsplit(")", 1)[1].split()[16]
+    with contextlib.suppress(OSError, IndexError):
+        if Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1":
+            nice += " (autogroup " + Path(f"/proc/{pid}/autogroup").read_text().split("nice")[1].strip() + ")"
+    return nice
 
 
 def cpu_busy_seconds() -> dict[int, float]:
@@ -309,8 +380,11 @@ class Phase:
         return [s.error for s in self.samples if s.error]
 
     def sorted_ms(self, name: str) -> list[float]:
-        if name == "ttft":
-            values = [s.ttft_ns for s in self.samples if s.ttft_ns is not None]
+        if name.startswith("ttft"):
+            # ttft: all; ttft_w1: the first wave (starts on an idle proxy); ttft_wn: the waves after it
+            samples = {"ttft": self.samples, "ttft_w1": self.samples[:self.concurrency],
+                       "ttft_wn": self.samples[self.concurrency:]}[name]
+            values = [s.ttft_ns for s in samples if s.ttft_ns is not None]
         else:
             values = [v for s in self.samples for v in getattr(s, name + "_ns")]
         return sorted(v / 1e6 for v in values)
@@ -336,7 +410,8 @@ async def measure(ctx: Context, session: aiohttp.ClientSession, target: str, con
     url = ctx.urls[target]
     # Warm-up: open (or re-open) keep-alive connections on every leg with short streams, unrecorded.
     # uvicorn drops idle client connections after 5 s, so without it proxied phases would pay connects.
-    await run_waves(session, url, Workload(1, 1, 2), concurrency, 1, headers=_short_stream_headers(2))
+    await run_waves(session, url, Workload(1, 5, 2), concurrency, 1, headers=_short_stream_headers(2))
+    await asyncio.sleep(WARMUP_SETTLE_S)  # the proxy finishes the warm-up calls' telemetry before we measure
     waves = ctx.args.sequential if concurrency == 1 else ctx.args.waves
     timeout = waves * (ctx.work.ttft_ms + ctx.work.tokens * ctx.work.itl_ms) / 1000 * 3 + 30
     pids = (ctx.proxy.pid, ctx.sim.pid, ctx.sink.pid)
@@ -355,7 +430,7 @@ async def measure(ctx: Context, session: aiohttp.ClientSession, target: str, con
 
 def _short_stream_headers(tokens: int) -> dict[str, str]:
     return {"Content-Type": "application/json", "x-sim-tokens": str(tokens), "x-sim-ttft-ms": "1",
-            "x-sim-itl-ms": "1"}
+            "x-sim-itl-ms": "5"}  # 5 ms apart: the two chunks are not coalesced into one read
 
 
 # --- output integrity --------------------------------------------------------------------------------
@@ -377,7 +452,7 @@ async def fetch_raw(session: aiohttp.ClientSession, url: str, body: bytes, heade
 async def compare_bytes(session: aiohttp.ClientSession, urls: dict[str, str], tokens: int) -> dict[str, Any]:
     """One deterministic request (same body, same seed) direct twice and proxied once."""
     body = chat_body(tokens, seed=424242)
-    headers = {"Content-Type": "application/json", "x-sim-ttft-ms": "5", "x-sim-itl-ms": "1"}
+    headers = {"Content-Type": "application/json", "x-sim-ttft-ms": "5", "x-sim-itl-ms": "5"}
     direct_a = await fetch_raw(session, urls["direct"], body, headers)
     direct_b = await fetch_raw(session, urls["direct"], body, headers)
     proxied = await fetch_raw(session, urls["proxied"], body, headers)
@@ -412,10 +487,12 @@ def check_layout(ctx: Context) -> dict[str, Any]:
     layout: dict[str, Any] = {}
     for proc, want in ((ctx.proxy, ctx.proxy_cpu), (ctx.sim, ctx.client_cpu), (ctx.sink, ctx.client_cpu)):
         seen = thread_affinities(proc.pid)
-        layout[proc.name] = {"pid": proc.pid, "cpus": sorted(seen),
+        layout[proc.name] = {"pid": proc.pid, "cpus": sorted(seen), "nice": nice_level(proc.pid),
+                             "sched": sorted(sched_policies(proc.pid)),
                              "ok": want is None or seen == {str(want)}}
     seen = thread_affinities(os.getpid())
-    layout["loadgen"] = {"pid": os.getpid(), "cpus": sorted(seen),
+    layout["loadgen"] = {"pid": os.getpid(), "cpus": sorted(seen), "nice": nice_level(os.getpid()),
+                         "sched": sorted(sched_policies(os.getpid())),
                          "ok": ctx.client_cpu is None or seen == {str(ctx.client_cpu)}}
     return layout
 
@@ -468,6 +545,7 @@ async def run(ctx: Context) -> dict[str, Any]:
 # --- report ------------------------------------------------------------------------------------------
 
 FIGURES = (("ttft", "TTFT"), ("itl", "ITL"), ("lag", "chunk lag"))
+WAVE_FIGURES = (("ttft_w1", "TTFT, 1st wave"), ("ttft_wn", "TTFT, later waves"))
 
 
 def summarise(phases: list[Phase], concurrency: int, tokens: int, itl_ms: float) -> dict[str, Any]:
@@ -475,8 +553,10 @@ def summarise(phases: list[Phase], concurrency: int, tokens: int, itl_ms: float)
     for phase in phases:
         if phase.concurrency == concurrency:
             reps.setdefault(phase.rep, {})[phase.target] = phase
-    out: dict[str, Any] = {"concurrency": concurrency, "reps": len(reps)}
-    for key, _label in FIGURES:
+    waves = max((len(p.samples) // concurrency for p in phases if p.concurrency == concurrency), default=1)
+    figures = FIGURES + (WAVE_FIGURES if concurrency > 1 and waves > 1 else ())
+    out: dict[str, Any] = {"concurrency": concurrency, "reps": len(reps), "figures": figures}
+    for key, _label in figures:
         for q in (50, 99):
             per_rep = []
             for pair in reps.values():
@@ -556,7 +636,7 @@ def latency_table(summaries: list[dict[str, Any]]) -> str:
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in summaries:
-        for key, label in FIGURES:
+        for key, label in s["figures"]:
             p50, p99 = s[f"{key}_p50"], s[f"{key}_p99"]
             lines.append(
                 f"| {s['concurrency']} | {label} | {_ms(p50['direct'])} | {_ms(p50['proxied'])} | "
@@ -569,7 +649,7 @@ def latency_table(summaries: list[dict[str, Any]]) -> str:
 def resource_table(summaries: list[dict[str, Any]], rss: dict[str, int | None]) -> str:
     lines = [
         "| concurrency | requests per target | SSE events forwarded | events/s | proxy CPU s / 1000 events "
-        "| proxy CPU busy (CPU 0) | proxy CPU while idle between proxied phases | load gen CPU (CPU 1) d / p "
+        "| proxy CPU busy (CPU 0) | proxy CPU in direct phases (no traffic) | load gen CPU (CPU 1) d / p "
         "| sim CPU (CPU 1) d / p | other processes on CPU 0 / CPU 1 | errors d / p |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -609,6 +689,22 @@ def versions() -> dict[str, str]:
     return found
 
 
+def interference(summaries: list[dict[str, Any]], nice: int, rt: int) -> str | None:
+    """A warning when other processes used much of either CPU while the proxied phases ran."""
+    worst = max((max(s["foreign_cpu0_share"]["proxied"], s["foreign_cpu1_share"]["proxied"]), s["concurrency"])
+                for s in summaries)
+    if worst[0] <= FOREIGN_CPU_WARN:
+        return None
+    used = (f"other processes used up to {100 * worst[0]:.0f}% of a benchmark CPU during the proxied phases "
+            f"(concurrency {worst[1]})")
+    if rt:
+        return (f"Note: {used}. The benchmark ran SCHED_FIFO, so they ran only when ours did not need the CPU; "
+                "what is left of their effect is indirect (caches, memory bandwidth, the hypervisor).")
+    if nice < 0:
+        return f"Caution: {used}; the figures include their interference, reduced (not removed) by nice {nice}."
+    return f"Caution: {used}; the figures include their interference. Rerun on a quiet machine, or with --rt 10."
+
+
 def verdict(summaries: list[dict[str, Any]]) -> str:
     for s in summaries:
         if s["concurrency"] == 64:
@@ -623,8 +719,9 @@ def render(ctx: Context, result: dict[str, Any], summaries: list[dict[str, Any]]
     args, work = ctx.args, ctx.work
     b, layout = result["bytes"], result["layout"]
     started = result["started"]
-    pinning = ", ".join(f"{name} (pid {v['pid']}): CPUs {'/'.join(v['cpus'])}{'' if v['ok'] else ' (NOT as intended)'}"
-                        for name, v in layout.items())
+    pinning = ", ".join(f"{name} (pid {v['pid']}): CPU {'/'.join(v['cpus'])}, nice {v['nice']}, "
+                        f"scheduling {'/'.join(v['sched'])}"
+                        f"{'' if v['ok'] else ' (NOT as intended)'}" for name, v in layout.items())
     vers = ", ".join(f"{k} {v}" for k, v in versions().items())
     seq = args.sequential
     out = [
@@ -635,20 +732,29 @@ def render(ctx: Context, result: dict[str, Any], summaries: list[dict[str, Any]]
         "",
         f"{verdict(summaries)}",
         "",
+        *([f"**{warning}**", ""] if (warning := interference(summaries, args.nice, args.rt)) else []),
         "## Machine",
         f"- {os.cpu_count()} CPUs ({cpu_model()}), Linux {platform.release()}",
         f"- Python {platform.python_version()}; {vers}",
         f"- Load average at start / end: {result['loadavg_start']} / {result['loadavg_end']}",
+        f"- Speed of the proxy's CPU (a fixed 2M-iteration Python loop, best of 3) at start / end: "
+        f"{result['cpu_probe_ms'][0]:.0f} / {result['cpu_probe_ms'][1]:.0f} ms. On a shared virtual machine "
+        "it can vary from one run to the next, even within minutes, and so do the CPU-bound figures "
+        "(proxy CPU per event, TTFT at concurrency 64); compare runs with this in mind.",
         "",
         "## Layout",
         f"- Proxy alone on CPU {ctx.proxy_cpu}; simulated backend, OTLP sink and load generator on CPU "
-        f"{ctx.client_cpu} (`taskset -c`; the load generator pins itself with `os.sched_setaffinity`).",
+        f"{ctx.client_cpu} (`taskset -c`; the load generator pins itself with `os.sched_setaffinity`). "
+        f"Nice level of all of them: {args.nice}; " + (f"SCHED_FIFO priority {args.rt}." if args.rt else
+                                                         "normal (CFS) scheduling."),
         f"- Checked from `/proc/<pid>/task/*/status` after start-up: {pinning}.",
         "- Telemetry is on: the proxy exports OTLP/HTTP (protobuf) traces and metrics to a local sink that "
         "answers 200 with an empty body (`benchmarks/otlp_sink.py`), with `OTEL_BSP_SCHEDULE_DELAY="
         f"{args.bsp_delay_ms}` and `OTEL_METRIC_EXPORT_INTERVAL={args.metric_interval_ms}`.",
-        "- The machine is shared: other processes may run on both CPUs. Their share of each CPU during the "
-        "proxied phases is in the resources table (`/proc/stat` busy time minus ours).",
+        "- The machine may be shared: other processes can run on both CPUs. Their share of each CPU during the "
+        "proxied phases is in the resources table (`/proc/stat` busy time minus ours)."
+        + (" Under SCHED_FIFO the benchmark's processes preempt them as soon as they have work, so that share "
+           "is CPU time ours left unused, not time they waited for." if args.rt else ""),
         "",
         "## Workload",
         f"- Backend: `llmtap sim --ttft-ms {work.ttft_ms:g} --itl-ms {work.itl_ms:g} --tokens {work.tokens}`: "
@@ -661,8 +767,8 @@ def render(ctx: Context, result: dict[str, Any], summaries: list[dict[str, Any]]
         f"{seq} sequential requests per target per repetition. Concurrency > 1: {args.waves} waves of c "
         "simultaneous streams (a wave starts when the previous one has ended).",
         "- Before each measured phase, one unrecorded wave of 2-token streams opens the keep-alive connections "
-        "on every leg, so both targets are measured with warm connections (uvicorn closes idle client "
-        "connections after 5 s).",
+        f"on every leg, so both targets are measured with warm connections (uvicorn closes idle client "
+        f"connections after 5 s), followed by a {WARMUP_SETTLE_S:g} s pause.",
         "",
         "## Latency (milliseconds)",
         "",
@@ -700,8 +806,15 @@ def render(ctx: Context, result: dict[str, Any], summaries: list[dict[str, Any]]
         "- **proxy CPU s / 1000 events** divides the proxy's utime+stime (all threads, `/proc/<pid>/stat`, "
         "10 ms resolution) during the proxied phases by the SSE events the client received through it (one "
         "upstream write = one event = one forwarded chunk). It includes the request path and the telemetry "
-        "export that ran during those phases; **proxy CPU while idle** is what it used during the direct "
-        "phases, when it forwarded nothing (export of the previous phase's spans and metrics).",
+        "export that ran during those phases; **proxy CPU in direct phases** is what it used while it forwarded "
+        "nothing (mostly exporting the previous phase's spans and metrics).",
+        "- **Slow gaps**: when the proxied slow gaps sit among the last gaps of their streams, the proxy stalls "
+        "when streams end: the work done once per call at its end (token count, span, one histogram record per "
+        "gap) competes with the streams still flowing, on the event loop or, from a finisher thread, for the GIL.",
+        "- **TTFT, 1st wave / later waves** (concurrency > 1): a later wave starts the moment the previous one "
+        "ends, so its requests meet the proxy while it is still ending the previous wave's calls; the 1st wave "
+        "starts on an idle proxy. The difference between the two is the cost of that end-of-call work to new "
+        "requests.",
         "- Load generator and sim CPU are shares of CPU 1 over the phase wall time (d = direct phases, p = "
         "proxied); well under 100 % together means the client side was not the bottleneck.",
         "",
@@ -734,7 +847,8 @@ def telemetry_line(result: dict[str, Any], ctx: Context) -> str:
         chunk = hist.get("gen_ai.client.operation.time_per_output_chunk", {})
         overhead = hist.get("llmtap.proxy.overhead", {})
         line += (f"; spans received: {tel['spans']}; duration histogram count: {duration.get('count', 'n/a')}; "
-                 f"ITL histogram count: {chunk.get('count', 'n/a')} (client saw {gaps} gaps)")
+                 f"ITL histogram count: {chunk.get('count', 'n/a')} (client saw {gaps} gaps; the proxy counts "
+                 "one sample per received network chunk, so events that arrive together count once)")
         if overhead.get("count"):
             line += (f"; the proxy's own `llmtap.proxy.overhead` (body received -> sent upstream) averaged "
                      f"{overhead['sum'] / overhead['count'] * 1e3:.3f} ms")
@@ -758,6 +872,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--proxy-cpu", type=int, default=0)
     parser.add_argument("--client-cpu", type=int, default=1)
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    parser.add_argument("--nice", type=int, default=0,
+                        help="nice level of all benchmark processes, e.g. -10 on a shared machine (needs root)")
+    parser.add_argument("--rt", type=int, default=0, metavar="PRIO",
+                        help="run all benchmark processes SCHED_FIFO at this priority (1-99, needs root): "
+                        "other processes' load can no longer delay them")
+    parser.add_argument("--proxy-cmd", help="run this instead of `llmtap serve ...` (A/B of builds or settings); "
+                        "{upstream} and {port} are filled in, e.g. 'llmtap serve --upstream {upstream} --port {port}'")
     parser.add_argument("--metric-interval-ms", type=int, default=5000)
     parser.add_argument("--bsp-delay-ms", type=int, default=1000)
     parser.add_argument("--keep-logs", action="store_true", help="keep the subprocess logs and print where")
@@ -772,6 +893,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.out = str(ROOT / "docs" / "benchmarks.md")
     if args.repetitions < 1 or args.tokens < 2 or any(c < 1 for c in args.concurrency):
         parser.error("need repetitions >= 1, tokens >= 2, concurrency >= 1")
+    allowed = os.sched_getaffinity(0)
+    if not args.no_pin and len(allowed) >= 2 and not {args.proxy_cpu, args.client_cpu} <= allowed:
+        parser.error(f"--proxy-cpu/--client-cpu must be among the usable CPUs {sorted(allowed)}")
+    if args.proxy_cpu == args.client_cpu and not args.no_pin:
+        parser.error("--proxy-cpu and --client-cpu must differ")
     return args
 
 
@@ -787,6 +913,8 @@ def main(argv: list[str] | None = None) -> int:
     client_cpu = args.client_cpu if pin else None
     if client_cpu is not None:
         os.sched_setaffinity(0, {client_cpu})  # before any thread or loop exists: the load generator
+    autogroup_before = set_autogroup_nice(args.nice) if args.nice else None
+    set_priority(args.nice, args.rt)  # per thread on Linux: before any thread exists
 
     work = Workload(args.ttft_ms, args.itl_ms, args.tokens)
     args.sink_port, sim_port, proxy_port = _free_port(), _free_port(), _free_port()
@@ -807,16 +935,22 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     loadavg_start = Path("/proc/loadavg").read_text().split()[:3]
     try:
+        probe_start = cpu_probe(proxy_cpu, args.nice, args.rt)
         sink = start_proc("sink", [sys.executable, str(HERE / "otlp_sink.py"), "--port", str(args.sink_port)],
-                          client_cpu, env, logdir)
+                          client_cpu, env, logdir, args.nice, args.rt)
         procs.append(sink)
         sim = start_proc("sim", [*llmtap_argv(), "sim", "--port", str(sim_port), "--ttft-ms", f"{work.ttft_ms:g}",
                                  "--itl-ms", f"{work.itl_ms:g}", "--tokens", str(work.tokens)],
-                         client_cpu, env, logdir)
+                         client_cpu, env, logdir, args.nice, args.rt)
         procs.append(sim)
-        proxy = start_proc("proxy", [*llmtap_argv(), "serve", "--upstream", f"http://127.0.0.1:{sim_port}",
-                                     "--port", str(proxy_port), "--log-level", "warning"],
-                           proxy_cpu, proxy_env, logdir)
+        upstream = f"http://127.0.0.1:{sim_port}"
+        if args.proxy_cmd:
+            proxy_argv = [part.format(upstream=upstream, port=proxy_port) for part in shlex.split(args.proxy_cmd)]
+        else:
+            proxy_argv = [*llmtap_argv(), "serve", "--upstream", upstream, "--port", str(proxy_port),
+                          "--log-level", "warning"]
+        proxy = start_proc("proxy", proxy_argv,
+                           proxy_cpu, proxy_env, logdir, args.nice, args.rt)
         procs.append(proxy)
         urls = {
             "sim_base": f"http://127.0.0.1:{sim_port}",
@@ -833,6 +967,7 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             result = asyncio.run(run(ctx))
             result["loop"] = "asyncio"
+        result["cpu_probe_ms"] = (probe_start, cpu_probe(proxy_cpu, args.nice, args.rt))
         result["started"] = started
         result["duration_s"] = time.perf_counter() - t_start
         result["loadavg_start"] = " ".join(loadavg_start)
@@ -843,7 +978,11 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(resource_table(summaries, result["rss_kb"]))
         print()
+        print(f"Proxy CPU speed probe (ms, lower is faster) at start / end: "
+              f"{result['cpu_probe_ms'][0]:.0f} / {result['cpu_probe_ms'][1]:.0f}")
         print(verdict(summaries))
+        if warning := interference(summaries, args.nice, args.rt):
+            print(warning, file=sys.stderr)
         bad = [s for s in summaries if any(s["errors"].values()) or not s["content_chunks_ok"]]
         for s in bad:
             print(f"WARNING: c={s['concurrency']}: errors {s['errors']}, all chunks received "
@@ -870,6 +1009,8 @@ def main(argv: list[str] | None = None) -> int:
         for proc in reversed(procs):
             with contextlib.suppress(Exception):
                 proc.stop(10.0)
+        if autogroup_before is not None:
+            set_autogroup_nice(autogroup_before)
         if args.keep_logs:
             print(f"logs in {logdir}")
         else:

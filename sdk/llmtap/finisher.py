@@ -7,6 +7,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from typing import Any
 
 from llmtap.observer import CallObserver
@@ -46,6 +47,7 @@ class Finisher:
                     atexit.register(self.flush, 2.0)
 
     def _run(self) -> None:
+        _lowest_cpu_priority()
         get = self.queue.get
         while True:
             item = get()
@@ -57,6 +59,9 @@ class Finisher:
                     function(argument, t_ns)
             except Exception:
                 logger.debug("ending a call failed", exc_info=True)
+            # Hand the interpreter lock over between calls: a burst of calls ending together must
+            # not hold up the event loop that forwards the next chunks and requests.
+            time.sleep(0)
 
     def finish(self, call: CallObserver, error_type: str | None, t_ns: int) -> None:
         if self.thread is not None and self.queue.qsize() < self.MAX_BACKLOG:
@@ -76,6 +81,24 @@ class Finisher:
         self.queue = queue.SimpleQueue()
         self.thread = None
         self._lock = threading.Lock()
+
+
+def _lowest_cpu_priority() -> None:
+    """Run this thread only on CPU time nobody else wants (Linux SCHED_IDLE, else the highest nice).
+
+    Ending calls is bursty (many streams end together) but never urgent; forwarding is. On one core,
+    an ordinary-priority finisher would take half the CPU from the event loop during a burst. The
+    backlog bound in `finish` keeps a starved finisher from growing without limit.
+    """
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0 = this thread on Linux
+        return
+    except (AttributeError, OSError):
+        pass
+    try:
+        os.nice(19)
+    except OSError:
+        pass
 
 
 FINISHER = Finisher()
