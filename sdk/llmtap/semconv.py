@@ -91,7 +91,6 @@ PREFILL_RATE = "llmtap.prefill_rate"
 DECODE_RATE = "llmtap.decode_rate"
 NORMALIZED_REASONING_TOKENS = "llmtap.usage.normalized_reasoning_tokens"
 NORMALIZED_TOOL_CALL_TOKENS = "llmtap.usage.normalized_tool_call_tokens"
-NORMALIZED_CONTENT_KIND = "llmtap.content.kind"  # text | reasoning | tool_call, on normalized_tokens records
 
 OBSERVER_PROXY = "proxy"
 OBSERVER_SDK = "sdk"
@@ -136,7 +135,6 @@ PREFILL_RATE = "llmtap.prefill_rate"
 DECODE_RATE = "llmtap.decode_rate"
 NORMALIZED_REASONING_TOKENS = "llmtap.usage.normalized_reasoning_tokens"
 NORMALIZED_TOOL_CALL_TOKENS = "llmtap.usage.normalized_tool_call_tokens"
-NORMALIZED_CONTENT_KIND = "llmtap.content.kind"  # text | reasoning | tool_call, on normalized_tokens records
 METRIC_NORMALIZED_TOKENS = "llmtap.usage.normalized_tokens"
 METRIC_NORMALIZED_OUTPUT_THROUGHPUT = "llmtap.normalized_output_throughput"
 METRIC_PREFILL_RATE = "llmtap.prefill_rate"
