@@ -1,4 +1,4 @@
-"""The `llmtap` command: serve, sim, demo."""
+"""The `llmtap` command: serve, sim, demo, bench, report."""
 
 from __future__ import annotations
 
@@ -38,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
         help="ask OpenAI-style streams for usage and hide the usage event from clients that did not ask "
         "(env LLMTAP_INJECT_STREAM_USAGE)",
     )
+    serve.add_argument(
+        "--telemetry-file", metavar="PATH",
+        help="also append spans and metrics to PATH as OTLP JSON lines, for `llmtap report` "
+        "(env LLMTAP_TELEMETRY_FILE)",
+    )
     serve.add_argument("--log-level", default=os.environ.get("LLMTAP_LOG_LEVEL", "info"))
 
     sim = commands.add_parser("sim", help="run the simulated LLM backend (OpenAI + Anthropic APIs)")
@@ -53,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="simulated backend + proxy + a burst of streams, then a table")
     demo.add_argument("--requests", type=int, default=16, help="concurrent streams per model")
+
+    from llmtap_proxy import bench, report
+
+    bench.add_arguments(commands.add_parser("bench", help="load-test an OpenAI or Anthropic endpoint; raw JSONL out"))
+    report.add_arguments(commands.add_parser("report", help="tables and plots from bench JSONL or OTLP JSON files"))
     return parser
 
 
@@ -64,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             settings = load_settings(
                 upstream=args.upstream, host=args.host, port=args.port, config_file=args.config,
                 metrics_port=args.metrics_port, cold_start_idle=args.cold_start_idle,
-                inject_stream_usage=args.inject_stream_usage,
+                inject_stream_usage=args.inject_stream_usage, telemetry_file=args.telemetry_file,
             )
         except ConfigError as exc:
             print(f"llmtap: configuration error: {exc}", file=sys.stderr)
@@ -86,6 +96,14 @@ def main(argv: list[str] | None = None) -> int:
         from llmtap_proxy.demo import main as demo_main
 
         return demo_main(args.requests)
+    if args.command == "bench":
+        from llmtap_proxy.bench import main as bench_main
+
+        return bench_main(args)
+    if args.command == "report":
+        from llmtap_proxy.report import main as report_main
+
+        return report_main(args)
     return 2
 
 

@@ -27,11 +27,12 @@ DEFAULT_READ_TIMEOUT_S = 600.0
 DEFAULT_DRAIN_TIMEOUT_S = 30.0
 
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_ROUTE_KEYS = {"prefix", "upstream", "provider", "headers", "connect_timeout", "read_timeout"}
+_ROUTE_KEYS = {"prefix", "host", "upstream", "provider", "headers", "connect_timeout", "read_timeout"}
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
 _TOP_KEYS = {
     "host", "port", "upstream", "routes", "max_body_bytes", "connect_timeout", "read_timeout",
     "drain_timeout", "cold_start_idle", "reference_tokenizer", "metrics_port", "inject_stream_usage",
-    "auth_keys", "capture_max_chars", "redact_patterns",
+    "auth_keys", "capture_max_chars", "redact_patterns", "telemetry_file",
 }
 
 
@@ -73,6 +74,7 @@ class Route:
     headers: dict[str, str] = field(default_factory=dict)
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S
     read_timeout: float = DEFAULT_READ_TIMEOUT_S
+    host: str | None = None  # match only requests whose Host header names this host (any port)
 
     def upstream_target(self, raw_path: str) -> str:
         """The upstream origin-relative target for a request path that this route matched."""
@@ -81,7 +83,9 @@ class Route:
             rest = "/" + rest
         return self.upstream.base_path + (rest or "/")
 
-    def matches(self, raw_path: str) -> bool:
+    def matches(self, raw_path: str, request_host: str | None = None) -> bool:
+        if self.host is not None and self.host != request_host:
+            return False
         if self.prefix == "/":
             return True
         return raw_path == self.prefix or raw_path.startswith(self.prefix + "/")
@@ -101,10 +105,13 @@ class Settings:
     auth_keys: tuple[str, ...] = ()  # when set, clients must send one in x-llmtap-key
     capture_max_chars: int = 64 * 1024  # cap of captured prompt/completion JSON (opt-in capture only)
     redact_patterns: list[re.Pattern[str]] = field(default_factory=list)  # applied before export
+    telemetry_file: str | None = None  # OTLP JSON-lines file for spans and metrics (llmtap report reads it)
 
-    def route_for(self, raw_path: str) -> Route | None:
-        for route in self.routes:  # sorted longest prefix first
-            if route.matches(raw_path):
+    def route_for(self, raw_path: str, request_host: str | None = None) -> Route | None:
+        """The route for a request: host-specific routes first, then the longest matching prefix.
+        `request_host` is the Host header's name, lower-cased, without the port."""
+        for route in self.routes:
+            if route.matches(raw_path, request_host):
                 return route
         return None
 
@@ -172,6 +179,9 @@ def _parse_route(raw: Any, index: int, defaults: dict[str, float], env: Mapping[
     if "upstream" not in raw or not isinstance(raw["upstream"], str):
         raise ConfigError(f"{where}.upstream: required, an http(s) URL")
     upstream = Upstream.parse(raw["upstream"], f"{where}.upstream")
+    host = raw.get("host")
+    if host is not None and (not isinstance(host, str) or not _HOSTNAME.match(host)):
+        raise ConfigError(f"{where}.host: must be a host name such as api.example.com, got {host!r}")
     provider = raw.get("provider")
     if provider is not None:
         from llmtap.providers import get_provider
@@ -188,6 +198,7 @@ def _parse_route(raw: Any, index: int, defaults: dict[str, float], env: Mapping[
         clean_headers[name.lower()] = _expand_env(str(value), f"{where}.headers.{name}", env)
     return Route(
         prefix=prefix,
+        host=host.lower() if host else None,
         upstream=upstream,
         provider=provider,
         headers=clean_headers,
@@ -209,6 +220,7 @@ def load_settings(
     metrics_port: int | None = None,
     cold_start_idle: float | None = None,
     inject_stream_usage: bool | None = None,
+    telemetry_file: str | None = None,
     env: dict[str, str] | None = None,
 ) -> Settings:
     """Merge flags (the arguments), LLMTAP_* variables and the YAML file into validated Settings."""
@@ -258,6 +270,8 @@ def load_settings(
         pick(inject_stream_usage, "LLMTAP_INJECT_STREAM_USAGE", "inject_stream_usage", False), "inject_stream_usage"
     )
     settings.reference_tokenizer = pick(None, "LLMTAP_REFERENCE_TOKENIZER", "reference_tokenizer", None)
+    telemetry_file_value = pick(telemetry_file, "LLMTAP_TELEMETRY_FILE", "telemetry_file", None)
+    settings.telemetry_file = str(telemetry_file_value) if telemetry_file_value else None
     settings.auth_keys = _string_list(pick(None, "LLMTAP_AUTH_KEYS", "auth_keys", []), "auth_keys", ",")
     settings.capture_max_chars = int(
         _number(pick(None, "LLMTAP_CAPTURE_MAX_CHARS", "capture_max_chars", settings.capture_max_chars),
@@ -290,9 +304,11 @@ def load_settings(
         routes.append(_parse_route({"prefix": "/", "upstream": default_upstream}, len(routes), defaults, env))
     if not routes:
         raise ConfigError("upstream: no upstream configured (use --upstream URL, LLMTAP_UPSTREAM or a config file)")
-    prefixes = [route.prefix for route in routes]
-    duplicate = next((p for p in prefixes if prefixes.count(p) > 1), None)
+    keys = [(route.host, route.prefix) for route in routes]
+    duplicate = next((key for key in keys if keys.count(key) > 1), None)
     if duplicate is not None:
-        raise ConfigError(f"routes: prefix {duplicate!r} is declared twice")
-    settings.routes = sorted(routes, key=lambda route: len(route.prefix), reverse=True)
+        where = f" for host {duplicate[0]!r}" if duplicate[0] else ""
+        raise ConfigError(f"routes: prefix {duplicate[1]!r} is declared twice{where}")
+    # host-specific routes first, then longest prefix first
+    settings.routes = sorted(routes, key=lambda route: (route.host is None, -len(route.prefix)))
     return settings

@@ -60,6 +60,18 @@ async def read_body(receive: Receive, limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+def _request_host(raw_headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The Host header's name, lower-cased, without a port (for host-based routes only: the request
+    still goes to the route's configured upstream, never to this host)."""
+    for name, value in raw_headers:
+        if name.lower() == b"host":
+            host = value.decode("latin-1").strip().lower()
+            if host.startswith("["):  # [ipv6]:port
+                return host[1 : host.find("]")] if "]" in host else host
+            return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return None
+
+
 def _declared_length(raw_headers: list[tuple[bytes, bytes]]) -> int | None:
     for name, value in raw_headers:
         if name.lower() == b"content-length":
@@ -79,6 +91,7 @@ class Forwarder:
         self.telemetry = telemetry
         self.in_flight = 0
         self._auth_keys = [key.encode() for key in settings.auth_keys]
+        self._host_routes = any(route.host is not None for route in settings.routes)
 
     def _authorized(self, raw_headers: list[tuple[bytes, bytes]]) -> bool:
         presented = next((value for name, value in raw_headers if name.lower() == AUTH_HEADER), None)
@@ -95,7 +108,7 @@ class Forwarder:
             return
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
         path = raw_path.decode("latin-1")
-        route = self.settings.route_for(path)
+        route = self.settings.route_for(path, _request_host(scope["headers"]) if self._host_routes else None)
         if route is None:
             await errors.send_error(send, 404, f"no route for path {scope['path']!r}", "route_not_found")
             return

@@ -202,3 +202,47 @@ def test_flags_beat_environment_beat_file(tmp_path) -> None:
     assert load_settings(env=env).port == 2222
     with pytest.raises(ValueError, match="no upstream"):
         load_settings(env={})
+
+
+async def test_routes_by_host_header_go_only_to_their_configured_upstream(tmp_path, captured: Captured) -> None:
+    hits: dict[str, list[str]] = {"a": [], "b": []}
+
+    def recorder(name: str) -> Handler:
+        async def handler(request: web.Request) -> web.Response:
+            hits[name].append(request.raw_path)
+            return web.Response(text=name)
+
+        return handler
+
+    async with upstream([("*", "/{tail:.*}", recorder("a"))]) as url_a, upstream(
+        [("*", "/{tail:.*}", recorder("b"))]
+    ) as url_b:
+        config = tmp_path / "hosts.yaml"
+        config.write_text(
+            f"routes:\n"
+            f"  - {{host: OpenAI.internal, upstream: '{url_a}'}}\n"
+            f"  - {{host: openai.internal, prefix: /v2, upstream: '{url_b}/two'}}\n"
+            f"  - {{prefix: /, upstream: '{url_b}'}}\n"
+        )
+        settings = load_settings(config_file=str(config), port=0, env={})
+        async with run_proxy(settings, captured.telemetry) as proxy, aiohttp.ClientSession() as session:
+            async def get(path: str, host: str) -> str:
+                async with session.get(proxy.url + path, headers={"Host": host}) as response:
+                    return await response.text()
+
+            assert await get("/v1/models", "openai.internal:8787") == "a"
+            assert await get("/v2/x", "openai.internal") == "b"  # longer prefix for the same host
+            assert await get("/v1/models", "other.example") == "b"  # no host match: the default route
+    assert hits == {"a": ["/v1/models"], "b": ["/two/x", "/v1/models"]}
+
+
+def test_host_routes_are_validated(tmp_path) -> None:
+    from llmtap_proxy.config import ConfigError
+
+    config = tmp_path / "bad.yaml"
+    config.write_text("routes: [{host: 'bad host/x', upstream: 'http://h'}]")
+    with pytest.raises(ConfigError, match=r"routes\[0\]\.host"):
+        load_settings(config_file=str(config), env={})
+    config.write_text("routes: [{host: a.b, upstream: 'http://h'}, {host: A.B, upstream: 'http://i'}]")
+    with pytest.raises(ConfigError, match="declared twice for host 'a.b'"):
+        load_settings(config_file=str(config), env={})
