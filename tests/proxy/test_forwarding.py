@@ -244,5 +244,5 @@ def test_host_routes_are_validated(tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"routes\[0\]\.host"):
         load_settings(config_file=str(config), env={})
     config.write_text("routes: [{host: a.b, upstream: 'http://h'}, {host: A.B, upstream: 'http://i'}]")
-    with pytest.raises(ConfigError, match="declared twice for host 'a.b'"):
+    with pytest.raises(ConfigError, match=r"declared twice for host 'a\.b'"):
         load_settings(config_file=str(config), env={})
