@@ -1,10 +1,19 @@
 """A simulated LLM backend that speaks the wire formats llmtap reads, with exact timing.
 
-Used by the tests, by `llmtap demo` and by the latency benchmarks. Each generation request
-produces deterministic words (" alpha", " bravo", ...), one "token" per word. Streams send their
-preamble (headers, role chunk / message_start / response.created ...) on arrival, then content
-chunk i at the absolute time ``arrival + ttft + i * itl`` (+ optional seeded jitter), so timing
-errors never accumulate. Every stream event is one write, hence one HTTP chunk.
+Used by the tests, by `llmtap demo`, by the latency benchmarks and by the accuracy suite. Each
+generation request produces deterministic words (" alpha", " bravo", ...), one "token" per word.
+Streams send their preamble (headers, role chunk / message_start / response.created ...) on
+arrival, then content chunk i at the absolute time ``arrival + ttft + i * itl`` (+ optional seeded
+jitter), so timing errors never accumulate. Every stream event is one write, hence one HTTP chunk.
+
+Named models (docs/simulator.md): a request whose model is one of the named models
+(`sim_model.BUILTIN_MODELS`: sim-fast, sim-medium, sim-large, sim-chunky, sim-local, extended or
+overridden by $LLMTAP_SIM_MODELS for `llmtap sim`) is timed by that model's performance model:
+TTFT = model load when cold + wait for a batch slot + base + input tokens / prefill rate; each gap
+= the model's ITL slowed by the number of streams decoding (continuous batching); its usage
+reports words x the model's tokenizer ratio. Any other model name gets the SimProfile below, as
+before. Explicit knobs (headers or body "sim") always win over the model: x-sim-ttft-ms replaces
+the whole modelled TTFT (load, queue and prefill), x-sim-itl-ms the modelled ITL, and so on.
 
 APIs and framings:
 
@@ -37,10 +46,15 @@ Per-request knobs, as headers (which win) or as the body field ``"sim": {...}``:
                                                  Ollama reports it as load_duration)
 
 Ground truth: every model response carries ``x-sim-request-id``; ``GET /_sim/requests/{id}``
-returns what the simulator actually did, and ``GET /_sim/stats`` the request counts. The record
-also holds SHA-256 digests of the request body, of the Authorization header and of the response
-body as written, so a test can prove byte-exact pass-through (and untouched SigV4 signatures)
-without the simulator keeping secrets.
+returns what the simulator actually did (``GET /_sim/requests?after=SEQ``: all kept records after
+that sequence number), ``GET /_sim/stats`` the request counts and each named model's live state,
+and ``GET /_sim/models`` the named models' profiles. A record holds the send time of every content
+chunk (seconds after arrival, taken just before the write) and the model's intent beside it
+(expected_chunk_times_s, expected_ttft_s, cold_start, load_s, queue_s, prefill_s, the concurrency
+it saw), the token counts it reported, and arrival_monotonic_s, its arrival on time.perf_counter(),
+which other processes on the same host read too. It also holds SHA-256 digests of the request
+body, of the Authorization header and of the response body as written, so a test can prove
+byte-exact pass-through (and untouched SigV4 signatures) without the simulator keeping secrets.
 """
 
 from __future__ import annotations
@@ -56,9 +70,9 @@ import signal
 import struct
 import time
 import zlib
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any
 
@@ -66,6 +80,14 @@ import orjson
 from aiohttp import web
 
 from llmtap.wire.aws_eventstream import encode_message
+from llmtap_proxy.sim_model import (
+    BUILTIN_MODELS,
+    ModelSpec,
+    ModelState,
+    load_models,
+    reported_tokens,
+    words_for_limit,
+)
 
 __all__ = ["SimProfile", "SimServer", "create_app", "run_sim", "start_sim"]
 
@@ -105,9 +127,11 @@ class _Knobs:
     fail_after: int | None = None
     error_event: int | None = None
     load_ms: float = 0.0
+    explicit: frozenset[str] = frozenset()  # the knobs the request set (they override a named model)
 
 
-_KNOB_TYPES: dict[str, type] = {f.name: (float if f.name.endswith("_ms") else int) for f in fields(_Knobs)}
+_KNOB_TYPES: dict[str, type] = {f.name: (float if f.name.endswith("_ms") else int) for f in fields(_Knobs)
+                                if f.name != "explicit"}
 _HEADER_KNOBS: dict[str, str] = {"x-sim-" + name.replace("_", "-"): name for name in _KNOB_TYPES}
 _MAX_KNOB = 1_000_000  # ms, tokens or chunks: bounds memory and sleeps
 _KNOB_RANGES: dict[str, tuple[int, int]] = {"tokens_per_chunk": (1, _MAX_KNOB), "status": (400, 599)}
@@ -133,15 +157,19 @@ def _knobs(profile: SimProfile, headers: Mapping[str, str], sim: Any) -> _Knobs:
         if not low <= number <= high:  # also rejects nan
             raise ValueError(f"invalid simulator knob {name}={value!r} (allowed: {low}..{high})")
         setattr(knobs, name, _KNOB_TYPES[name](number))
+    knobs.explicit = frozenset(overrides)
     return knobs
 
 
 class _Record:
     """Ground truth for one request: what the simulator did, and when (seconds since arrival)."""
 
-    __slots__ = ("authorization_sha256", "cancelled_at_s", "chunk_times_s", "end_s", "endpoint", "first_byte_s",
-                 "http_status", "id", "input_tokens", "model", "output_tokens", "request_sha256", "response_bytes",
-                 "response_hash", "seq", "status", "stream")
+    __slots__ = ("arrival_monotonic_s", "authorization_sha256", "cancelled_at_s", "chunk_times_s", "cold_start",
+                 "concurrency_at_arrival", "decoding_at_first_token", "decoding_max", "end_s", "endpoint",
+                 "expected_chunk_times_s", "first_byte_s", "http_status", "id", "input_tokens", "input_words",
+                 "load_s", "model", "output_tokens", "output_words", "prefill_s", "queue_s", "request_sha256",
+                 "response_bytes", "response_hash", "response_id", "seq", "sim_model", "status", "stream",
+                 "tokens_per_chunk", "tokens_per_word")
 
     def __init__(self, request_id: str, seq: int, endpoint: str) -> None:
         self.id = request_id
@@ -162,13 +190,29 @@ class _Record:
         self.authorization_sha256: str | None = None  # the Authorization header as received
         self.response_hash = hashlib.sha256()  # the response body bytes as written
         self.response_bytes = 0
+        # The performance model's side (see sim_model): what it intended, and the state it saw.
+        self.arrival_monotonic_s = 0.0  # time.perf_counter() at arrival: the same clock as other processes here
+        self.response_id: str | None = None  # the id in the response body (chatcmpl-..., msg_...)
+        self.sim_model: str | None = None  # the named model whose profile applied; None: the SimProfile defaults
+        self.cold_start = False  # this request triggered a simulated model load
+        self.load_s = 0.0  # waited for a model load (its own or one in progress)
+        self.queue_s = 0.0  # waited for a batch slot
+        self.prefill_s = 0.0  # fixed cost + prefill, as modelled
+        self.expected_chunk_times_s: list[float] = []  # when each content chunk was due (chunk_times_s: sent)
+        self.concurrency_at_arrival = 0  # requests in flight to this model at arrival, itself included
+        self.decoding_at_first_token = 0  # streams of this model decoding when the first chunk was due
+        self.decoding_max = 0  # the most streams decoding at any chunk of this request
+        self.input_words = 0
+        self.output_words = 0
+        self.tokens_per_word = 1.0
+        self.tokens_per_chunk = 1
 
     def wrote(self, data: bytes) -> None:
         self.response_hash.update(data)
         self.response_bytes += len(data)
 
     def to_json(self) -> dict[str, Any]:
-        times = self.chunk_times_s
+        times, expected = self.chunk_times_s, self.expected_chunk_times_s
         return {
             "id": self.id, "endpoint": self.endpoint, "model": self.model, "stream": self.stream,
             "http_status": self.http_status, "status": self.status,
@@ -178,16 +222,71 @@ class _Record:
             "cancelled_at_s": self.cancelled_at_s, "end_s": self.end_s,
             "request_sha256": self.request_sha256, "authorization_sha256": self.authorization_sha256,
             "response_sha256": self.response_hash.hexdigest(), "response_bytes": self.response_bytes,
+            "seq": self.seq, "response_id": self.response_id, "arrival_monotonic_s": self.arrival_monotonic_s,
+            "sim_model": self.sim_model, "cold_start": self.cold_start, "load_s": self.load_s,
+            "queue_s": self.queue_s, "prefill_s": self.prefill_s,
+            "expected_ttft_s": expected[0] if expected else None, "expected_chunk_times_s": expected,
+            "concurrency_at_arrival": self.concurrency_at_arrival,
+            "decoding_at_first_token": self.decoding_at_first_token, "decoding_max": self.decoding_max,
+            "input_words": self.input_words, "output_words": self.output_words,
+            "tokens_per_word": self.tokens_per_word, "tokens_per_chunk": self.tokens_per_chunk,
         }
 
 
+class _ModelRuntime:
+    """A named model's live state plus its FIFO of requests waiting for a batch slot."""
+
+    __slots__ = ("state", "waiters")
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.state = ModelState(spec)
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self) -> bool:
+        """Take a batch slot, waiting in arrival order when all are held. True if it had to wait."""
+        if not self.waiters and self.state.admit():
+            return False
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        try:
+            await waiter  # release() hands its slot over: `admitted` already counts this request
+            return True
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed a slot just as the client went away: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self.waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.state.release()
+
+
 class _State:
-    def __init__(self, profile: SimProfile) -> None:
+    def __init__(self, profile: SimProfile, models: Mapping[str, ModelSpec]) -> None:
         self.profile = profile
+        self.models = dict(models)
+        self.runtimes: dict[str, _ModelRuntime] = {}
         self.tag = secrets.token_hex(3)
         self.count = 0
         self.active = 0
         self.records: OrderedDict[str, _Record] = OrderedDict()
+
+    def runtime(self, model: str) -> _ModelRuntime | None:
+        """The live state of a named model; None for a name that is not one (the SimProfile applies)."""
+        runtime = self.runtimes.get(model)
+        if runtime is None:
+            spec = self.models.get(model)
+            if spec is None:
+                return None
+            runtime = self.runtimes[model] = _ModelRuntime(spec)
+        return runtime
 
     def open(self, endpoint: str) -> _Record:
         self.count += 1
@@ -1093,6 +1192,7 @@ class _Ctx:
         self.request = request
         self.state = request.app[_STATE]
         self.rec = self.state.open(request.path)
+        self.rec.arrival_monotonic_s = self.clock.t0
         self.response: web.StreamResponse | None = None
 
     def cancelled(self) -> None:
@@ -1146,6 +1246,29 @@ def _make_handler(api: _Api, respond: _Responder) -> Callable[[web.Request], Awa
     return handler
 
 
+def _apply_model(spec: ModelSpec, knobs: _Knobs) -> None:
+    """A named model's defaults for the knobs the request did not set itself."""
+    explicit = knobs.explicit
+    if "itl_ms" not in explicit:
+        knobs.itl_ms = spec.itl_ms
+    if "tokens" not in explicit:
+        knobs.tokens = spec.output_tokens
+    if "tokens_per_chunk" not in explicit:
+        knobs.tokens_per_chunk = spec.tokens_per_chunk
+    if "jitter_ms" not in explicit:
+        knobs.jitter_ms = spec.jitter_ms
+
+
+def _schedule(first: float, itl: float, count: int, jitter: float, rng: random.Random) -> list[float]:
+    """Absolute due times (seconds after arrival) of `count` chunks, non-decreasing with jitter."""
+    schedule = [first + i * itl for i in range(count)]
+    if jitter > 0:
+        previous = 0.0
+        for i, at in enumerate(schedule):
+            previous = schedule[i] = max(previous, at + rng.uniform(0, jitter))
+    return schedule
+
+
 async def _generate(ctx: _Ctx, api: _Api, body: dict[str, Any], knobs: _Knobs) -> web.StreamResponse:
     rec, clock, state = ctx.rec, ctx.clock, ctx.state
     model = body.get("model") if isinstance(body.get("model"), str) else state.profile.model
@@ -1153,78 +1276,171 @@ async def _generate(ctx: _Ctx, api: _Api, body: dict[str, Any], knobs: _Knobs) -
                  input_tokens=0, max_tokens=None)
     api.setup(ctx.request, body, call)  # may take the model from the path (Gemini, Bedrock, Azure)
     api.parse(body, call)
-    call.input_tokens = max(call.input_tokens, 1)
-    n = knobs.tokens if call.max_tokens is None else min(knobs.tokens, call.max_tokens)
-    call.output_tokens, call.limited = n, n < knobs.tokens
+    rec.response_id = call.id
+    # A named model (sim_model) supplies the knobs the request left unset, and times the request.
+    runtime = state.runtime(call.model)
+    spec = runtime.state.spec if runtime is not None else None
+    ratio = 1.0
+    if spec is not None:
+        _apply_model(spec, knobs)
+        ratio = spec.tokens_per_word
+        rec.sim_model = spec.name
+    words_in = max(call.input_tokens, 1)
+    call.input_tokens = max(reported_tokens(words_in, ratio), 1)
+    n = knobs.tokens if call.max_tokens is None else min(knobs.tokens, words_for_limit(call.max_tokens, ratio))
+    if spec is not None:
+        n = max(n, 0)
+    call.output_tokens, call.limited = reported_tokens(n, ratio), n < knobs.tokens
     seed = call.seed if call.seed is not None else _int_or_none(body.get("seed"))
     rng = random.Random(seed if seed is not None else state.profile.seed * 1_000_003 + rec.seq)
     words = rng.choices(VOCAB, k=n)
     per = knobs.tokens_per_chunk
     call.chunks = ["".join(words[i:i + per]).encode() for i in range(0, n, per)]
-    rec.model, rec.input_tokens, rec.output_tokens = call.model, call.input_tokens, n
+    rec.model, rec.input_tokens, rec.output_tokens = call.model, call.input_tokens, call.output_tokens
+    rec.input_words, rec.output_words, rec.tokens_per_word, rec.tokens_per_chunk = words_in, n, ratio, per
     rec.stream = call.stream
-    call.load_s = knobs.load_ms / 1000
     call.times = rec.chunk_times_s
 
-    # Absolute schedule of each content chunk (seconds after arrival), non-decreasing with jitter.
-    # A simulated model load (load_ms) comes before everything else.
-    ttft, itl, jitter = call.load_s + knobs.ttft_ms / 1000, knobs.itl_ms / 1000, knobs.jitter_ms / 1000
-    schedule = [ttft + i * itl for i in range(len(call.chunks))]
-    if jitter > 0:
-        previous = 0.0
-        for i, at in enumerate(schedule):
-            previous = schedule[i] = max(previous, at + rng.uniform(0, jitter))
+    # What times this request: the named model, or the knobs (explicit ones always win).
+    explicit = knobs.explicit
+    modelled_ttft = runtime is not None and "ttft_ms" not in explicit
+    modelled_itl = runtime is not None and "itl_ms" not in explicit
+    if runtime is not None and modelled_ttft and "load_ms" not in explicit:
+        cold, ready_at = runtime.state.arrive(clock.t0)
+        load_s = ready_at - clock.t0
+    else:
+        if runtime is not None:
+            runtime.state.touch(clock.t0)
+        cold, load_s = knobs.load_ms > 0, knobs.load_ms / 1000
+    rec.concurrency_at_arrival = runtime.state.in_flight if runtime is not None else state.active
+    rec.cold_start, rec.load_s = cold, load_s
+    call.load_s = load_s
+    mstate = runtime.state if runtime is not None else None
+    admitted = decoding = False
+    try:
+        headers = {"x-sim-request-id": rec.id, **api.response_headers(call)}
+        resp: web.StreamResponse | None = None
+        if rec.stream:
+            resp = ctx.response = web.StreamResponse(headers={**api.stream_headers(call), **headers})
+            resp.enable_chunked_encoding()
+            await resp.prepare(ctx.request)
 
-    headers = {"x-sim-request-id": rec.id, **api.response_headers(call)}
-    if not rec.stream:
-        await clock.sleep_until(schedule[-1] if schedule else ttft)
-        if knobs.fail_after is not None:
+        async def write(data: bytes) -> None:
+            rec.wrote(data)
+            await resp.write(data)  # type: ignore[union-attr]
+
+        if resp is not None:
+            for event in api.preamble(call):
+                await write(event)
+            rec.first_byte_s = clock.since()
+
+        # Time of the first content chunk (seconds after arrival), before jitter.
+        if modelled_ttft:
+            assert runtime is not None and spec is not None
+            start = load_s  # a simulated model load comes first, then the wait for a batch slot
+            if load_s > 0:
+                await clock.sleep_until(load_s)
+            before = clock.since()
+            waited = await runtime.acquire()
+            admitted = True
+            if waited:
+                start = clock.since()
+                rec.queue_s = start - before
+            rec.prefill_s = spec.prefill_s(call.input_tokens)
+            first = start + rec.prefill_s
+        else:  # a simulated model load (load_ms) comes before everything else
+            first = load_s + knobs.ttft_ms / 1000
+        itl, jitter = knobs.itl_ms / 1000, knobs.jitter_ms / 1000
+        count = len(call.chunks)
+
+        if resp is None:  # not streamed: the whole answer at the end of its decode
+            schedule = _schedule(first, itl, count, jitter, rng)
+            if mstate is not None and count:
+                await clock.sleep_until(schedule[0])
+                mstate.decoding += 1
+                decoding = True
+                rec.decoding_at_first_token = rec.decoding_max = mstate.decoding
+                if modelled_itl:  # decoded at the batch size seen at the first token
+                    schedule = _schedule(schedule[0], spec.itl_s(mstate.decoding), count, 0.0, rng)  # type: ignore[union-attr]
+            done_at = schedule[-1] if schedule else first
+            rec.expected_chunk_times_s.append(done_at)
+            await clock.sleep_until(done_at)
+            if knobs.fail_after is not None:
+                rec.status = "aborted"
+                _abort(ctx.request)
+                return web.Response()  # never sent: the connection is gone
+            call.elapsed_s = clock.since()
+            return await ctx.send_json(api.body(call), headers)
+
+        stop_at = count
+        for knob in (knobs.fail_after, knobs.error_event):
+            if knob is not None:
+                stop_at = min(stop_at, knob)
+        make_chunk = api.chunk_maker(call)
+        times, expected = rec.chunk_times_s, rec.expected_chunk_times_s
+        if not modelled_itl:
+            # Absolute schedule of each content chunk, non-decreasing with jitter: errors never accumulate.
+            schedule = _schedule(first, itl, count, jitter, rng)
+            for i in range(stop_at):
+                payload = make_chunk(i, call.chunks[i])
+                at = schedule[i]
+                expected.append(at)
+                await clock.sleep_until(at)
+                # The time it goes out: taken just before the write, which hands it to the socket. Taken after,
+                # it could include a wait for another thread to release the GIL (the tests run three threads).
+                times.append(clock.since())
+                await write(payload)
+                if i == 0 and mstate is not None:
+                    mstate.decoding += 1
+                    decoding = True
+                    rec.decoding_at_first_token = rec.decoding_max = mstate.decoding
+        elif stop_at:
+            # The named model's decode: each gap is the ITL at the batch size when the previous chunk went out.
+            assert mstate is not None and spec is not None
+            nominal = previous = first
+            step_s = spec.itl_s
+            uniform = rng.uniform
+            for i in range(stop_at):
+                payload = make_chunk(i, call.chunks[i])
+                if i:
+                    decoding_now = mstate.decoding
+                    if decoding_now > rec.decoding_max:
+                        rec.decoding_max = decoding_now
+                    nominal += step_s(decoding_now)
+                at = nominal + uniform(0, jitter) if jitter > 0 else nominal
+                if at < previous:
+                    at = previous
+                previous = at
+                expected.append(at)
+                await clock.sleep_until(at)
+                times.append(clock.since())  # see above: just before the write
+                await write(payload)
+                if not i:
+                    mstate.decoding += 1
+                    decoding = True
+                    rec.decoding_at_first_token = rec.decoding_max = mstate.decoding
+
+        if knobs.fail_after is not None and stop_at == knobs.fail_after:
             rec.status = "aborted"
             _abort(ctx.request)
-            return web.Response()  # never sent: the connection is gone
-        call.elapsed_s = clock.since()
-        return await ctx.send_json(api.body(call), headers)
-
-    resp = ctx.response = web.StreamResponse(headers={**api.stream_headers(call), **headers})
-    resp.enable_chunked_encoding()
-    await resp.prepare(ctx.request)
-
-    async def write(data: bytes) -> None:
-        rec.wrote(data)
-        await resp.write(data)
-
-    for event in api.preamble(call):
-        await write(event)
-    rec.first_byte_s = clock.since()
-
-    stop_at = len(call.chunks)
-    for knob in (knobs.fail_after, knobs.error_event):
-        if knob is not None:
-            stop_at = min(stop_at, knob)
-    make_chunk = api.chunk_maker(call)
-    times = rec.chunk_times_s
-    for i in range(stop_at):
-        payload = make_chunk(i, call.chunks[i])
-        await clock.sleep_until(schedule[i])
-        # The time it goes out: taken just before the write, which hands it to the socket. Taken after,
-        # it could include a wait for another thread to release the GIL (the tests run three threads).
-        times.append(clock.since())
-        await write(payload)
-
-    if knobs.fail_after is not None and stop_at == knobs.fail_after:
-        rec.status = "aborted"
-        _abort(ctx.request)
+            return resp
+        if knobs.error_event is not None and stop_at == knobs.error_event:
+            rec.status = "error_event"
+            await write(api.error_event(call, stop_at))
+        else:
+            call.elapsed_s = clock.since()
+            for event in api.epilogue(call):
+                await write(event)
+            rec.status = "ok"
+        await resp.write_eof()
         return resp
-    if knobs.error_event is not None and stop_at == knobs.error_event:
-        rec.status = "error_event"
-        await write(api.error_event(call, stop_at))
-    else:
-        call.elapsed_s = clock.since()
-        for event in api.epilogue(call):
-            await write(event)
-        rec.status = "ok"
-    await resp.write_eof()
-    return resp
+    finally:
+        if runtime is not None and mstate is not None:
+            if decoding:
+                mstate.decoding -= 1
+            if admitted:
+                runtime.release()
+            mstate.end(time.perf_counter())
 
 
 async def _embeddings(ctx: _Ctx, api: _Api, body: dict[str, Any], knobs: _Knobs) -> web.StreamResponse:
@@ -1256,9 +1472,22 @@ def _embed(item: Any, seed: int) -> list[float]:
 
 
 async def _models(request: web.Request) -> web.Response:
-    model = request.app[_STATE].profile.model
-    return _json({"object": "list", "data": [{"id": model, "object": "model", "created": 0,
-                                              "owned_by": "llmtap-sim"}]})
+    state = request.app[_STATE]
+    names = [state.profile.model, *(name for name in state.models if name != state.profile.model)]
+    return _json({"object": "list", "data": [{"id": name, "object": "model", "created": 0,
+                                              "owned_by": "llmtap-sim"} for name in names]})
+
+
+async def _sim_models(request: web.Request) -> web.Response:
+    """The named models' performance profiles and their live state."""
+    state = request.app[_STATE]
+    models = []
+    for name, spec in state.models.items():
+        runtime = state.runtimes.get(name)
+        live = runtime.state.to_json() if runtime is not None else ModelState(spec).to_json()
+        queued = len(runtime.waiters) if runtime is not None else 0
+        models.append({**spec.to_json(), "state": {**live, "queued": queued}})
+    return _json({"default_profile": asdict(state.profile), "models": models})
 
 
 async def _healthz(_request: web.Request) -> web.Response:
@@ -1272,15 +1501,28 @@ async def _ground_truth(request: web.Request) -> web.Response:
     return _json(rec.to_json())
 
 
+async def _all_records(request: web.Request) -> web.Response:
+    """Ground truth of every request kept (the last MAX_RECORDS), oldest first; ?after=SEQ for later ones."""
+    after = request.query.get("after", "0")
+    if not after.isdigit():
+        return _json({"error": "after must be a request sequence number"}, status=400)
+    records = [rec.to_json() for rec in request.app[_STATE].records.values() if rec.seq > int(after)]
+    return _json({"requests": records})
+
+
 async def _stats(request: web.Request) -> web.Response:
     state = request.app[_STATE]
-    return _json({"requests": state.count, "active": state.active})
+    models = {name: {**runtime.state.to_json(), "queued": len(runtime.waiters)}
+              for name, runtime in state.runtimes.items()}
+    return _json({"requests": state.count, "active": state.active, "models": models})
 
 
-def create_app(profile: SimProfile | None = None) -> web.Application:
-    """The simulator as an aiohttp application (run it with handler_cancellation=True, see start_sim)."""
+def create_app(profile: SimProfile | None = None, models: Mapping[str, ModelSpec] | None = None) -> web.Application:
+    """The simulator as an aiohttp application (run it with handler_cancellation=True, see start_sim).
+
+    `models`: the named models (default: sim_model.BUILTIN_MODELS); any other model name gets `profile`."""
     app = web.Application()
-    app[_STATE] = _State(profile or SimProfile())
+    app[_STATE] = _State(profile or SimProfile(), BUILTIN_MODELS if models is None else models)
     app.router.add_post("/v1/chat/completions", _make_handler(_Chat(), _generate))
     app.router.add_post("/v1/completions", _make_handler(_Completions(), _generate))
     app.router.add_post("/v1/responses", _make_handler(_Responses(), _generate))
@@ -1307,7 +1549,9 @@ def create_app(profile: SimProfile | None = None) -> web.Application:
     app.router.add_post("/v2/chat", _make_handler(_Cohere(), _generate))
     app.router.add_get("/v1/models", _models)
     app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/_sim/requests", _all_records)
     app.router.add_get("/_sim/requests/{id}", _ground_truth)
+    app.router.add_get("/_sim/models", _sim_models)
     app.router.add_get("/_sim/stats", _stats)
     return app
 
@@ -1342,21 +1586,28 @@ class SimServer:
         await self.close()
 
 
-async def start_sim(host: str = "127.0.0.1", port: int = 0, profile: SimProfile | None = None) -> SimServer:
-    """Start the simulator on the running loop; port 0 picks a free port."""
+async def start_sim(host: str = "127.0.0.1", port: int = 0, profile: SimProfile | None = None,
+                    models: Mapping[str, ModelSpec] | None = None) -> SimServer:
+    """Start the simulator on the running loop; port 0 picks a free port. `models`: see create_app."""
     profile = profile or SimProfile()
     # handler_cancellation: a client disconnect cancels the handler at once, even while it sleeps.
-    runner = web.AppRunner(create_app(profile), handler_cancellation=True, access_log=None,
+    runner = web.AppRunner(create_app(profile, models), handler_cancellation=True, access_log=None,
                            shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    # A listen backlog above aiohttp's 128: a burst of 256 new connections (a benchmark's first wave) would
+    # otherwise overflow it, and the dropped SYNs come back only after TCP's 1 s retransmission timeout.
+    site = web.TCPSite(runner, host, port, backlog=1024)
     await site.start()
     bound_port = runner.addresses[0][1]  # the real port when port=0
     return SimServer(host=host, port=bound_port, profile=profile, _runner=runner)
 
 
-def run_sim(host: str = "127.0.0.1", port: int = 8000, profile: SimProfile | None = None) -> None:
-    """Serve until Ctrl-C or SIGTERM (for `llmtap sim`)."""
+def run_sim(host: str = "127.0.0.1", port: int = 8000, profile: SimProfile | None = None,
+            models: Mapping[str, ModelSpec] | None = None) -> None:
+    """Serve until Ctrl-C or SIGTERM (for `llmtap sim`). `models` None: the built-in named models plus
+    those of $LLMTAP_SIM_MODELS (see sim_model.load_models)."""
+    if models is None:
+        models = load_models()
 
     async def serve() -> None:
         stop = asyncio.Event()
@@ -1364,8 +1615,9 @@ def run_sim(host: str = "127.0.0.1", port: int = 8000, profile: SimProfile | Non
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
-        sim = await start_sim(host, port, profile)
-        print(f"llmtap sim: serving {sim.profile.model} on {sim.url}", flush=True)
+        sim = await start_sim(host, port, profile, models)
+        names = ", ".join(name for name in models if name != sim.profile.model)
+        print(f"llmtap sim: serving {sim.profile.model} (and named models: {names}) on {sim.url}", flush=True)
         try:
             await stop.wait()
         finally:

@@ -99,21 +99,35 @@ def capture_content_enabled() -> bool:
 
 
 class ColdStartTracker:
-    """Flags the first call to an (upstream, model) pair since start, or after an idle spell."""
+    """Flags the first call to an (upstream, model) pair since start, or after an idle spell.
+
+    A pair is idle only while none of its calls is in flight: the idle clock starts when its last
+    call ends, so a long call does not make the next one look cold.
+    """
 
     def __init__(self, idle_threshold_s: float = DEFAULT_COLD_START_IDLE_S) -> None:
         self.idle_threshold_ns = int(idle_threshold_s * 1e9)
         self._last_seen: dict[tuple[str, int, str], int] = {}
+        self._in_flight: dict[tuple[str, int, str], int] = {}
         self._lock = threading.Lock()
 
     def check(self, key: tuple[str, int, str], now_ns: int) -> bool:
+        """A call to `key` starts: is it a cold start? Pair every check with one `touch` at its end."""
         with self._lock:
             last = self._last_seen.get(key)
+            busy = self._in_flight.get(key, 0) > 0
+            self._in_flight[key] = self._in_flight.get(key, 0) + 1
             self._last_seen[key] = now_ns
-        return last is None or now_ns - last > self.idle_threshold_ns
+        return not busy and (last is None or now_ns - last > self.idle_threshold_ns)
 
     def touch(self, key: tuple[str, int, str], now_ns: int) -> None:
+        """A call to `key` ends."""
         with self._lock:
+            remaining = self._in_flight.get(key, 0) - 1
+            if remaining > 0:
+                self._in_flight[key] = remaining
+            else:
+                self._in_flight.pop(key, None)
             if self._last_seen.get(key, 0) < now_ns:
                 self._last_seen[key] = now_ns
 
