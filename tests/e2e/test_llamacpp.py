@@ -2,7 +2,7 @@
 
 llama.cpp reports its own `timings` in the last chunk of a stream (prompt_ms, predicted_ms, predicted_per_second,
 ...) and keeps Prometheus counters at /metrics. These are the ground truth the proxy's figures are compared with;
-docs/accuracy-llamacpp.md explains the bounds and gives the measured agreement.
+docs/accuracy.md explains the bounds and gives the measured agreement.
 
 The server runs in a child process (`python -c`), one per module, with one compute thread. The child blocks reading
 its stdin, so closing that pipe (or the death of pytest) ends it; xllamacpp.Server has no stop method.
@@ -87,7 +87,7 @@ MAX_TOKENS = 32
 TOPICS = ("a lighthouse keeper", "a lost robot", "a dragon who bakes bread", "two rival chess players",
           "a city under the sea", "a clockmaker's apprentice")
 
-# Bounds (docs/accuracy-llamacpp.md). TTFT = prompt_ms (prefill, which also yields the first token) + the server's
+# Bounds (docs/accuracy.md). TTFT = prompt_ms (prefill, which also yields the first token) + the server's
 # work outside prefill + loopback. That remainder is a few ms, but grows with CPU contention, as prefill does.
 TTFT_FLOOR_S = -0.001  # the first token cannot reach the proxy before prefill ends (1 ms for rounding)
 TTFT_EXCESS = (0.080, 0.05)  # per request: excess < max(80 ms, 5% of prompt_ms)
@@ -96,7 +96,7 @@ DECODE_REL = 0.10  # per request, |1/tpot / predicted_per_second - 1|
 DECODE_REL_MEAN = 0.03
 # llama.cpp closes the connection right after every streamed response (while advertising keep-alive). The proxy's
 # aiohttp pool notices only when its loop reads the FIN; a request sent before that gets a 502 (seen under CPU load).
-# A pause after each stream keeps this accuracy test about accuracy; docs/accuracy-llamacpp.md has the finding.
+# A pause after each stream keeps this accuracy test about accuracy; docs/accuracy.md has the finding.
 SETTLE_S = 0.05
 
 
