@@ -26,7 +26,7 @@ class Finisher:
     (SimpleQueue.put is safe there).
     """
 
-    MAX_BACKLOG = 1000  # beyond this, calls are ended in line (back-pressure)
+    MAX_BACKLOG = 128  # beyond this, calls are ended in line (back-pressure; bounds memory when starved)
 
     def __init__(self) -> None:
         self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
