@@ -234,8 +234,8 @@ class Forwarder:
         remover: UsageEventRemover | None = None,
     ) -> None:
         if call is not None:
-            call.mark_sent()
-        request = asyncio.ensure_future(self.pool.request(route, method, url, headers, body))
+            call.mark_sent()  # provisional: the pool's trace hook stamps the moment the request is written
+        request = asyncio.ensure_future(self.pool.request(route, method, url, headers, body, call))
         if call is not None:
             await asyncio.sleep(0)  # let the request go out first; read its facts meanwhile
             call.set_request_body(body)
@@ -245,7 +245,7 @@ class Forwarder:
             except aiohttp.ServerDisconnectedError:
                 # The upstream closed a pooled keep-alive connection just as we reused it, before
                 # sending any response (llama.cpp does this after every stream). Once, on a new one.
-                request = asyncio.ensure_future(self.pool.request(route, method, url, headers, body))
+                request = asyncio.ensure_future(self.pool.request(route, method, url, headers, body, call))
                 response = await request
         except asyncio.CancelledError:
             request.cancel()

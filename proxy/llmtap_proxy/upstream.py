@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import aiohttp
 from yarl import URL
 
+from llmtap.observer import CallObserver
 from llmtap_proxy.config import Route
+
+
+async def _mark_sent(
+    _session: aiohttp.ClientSession, context: SimpleNamespace, _params: aiohttp.TraceRequestHeadersSentParams
+) -> None:
+    """TTFT counts from here: the request is on the wire (a connection was taken or opened, the headers
+    written), not from when the proxy asked for it, which under a burst can be tens of ms earlier."""
+    call = context.trace_request_ctx
+    if call is not None:
+        call.mark_sent()
 
 
 class UpstreamPool:
@@ -21,7 +34,10 @@ class UpstreamPool:
     async def start(self) -> None:
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+            sent = aiohttp.TraceConfig()
+            sent.on_request_headers_sent.append(_mark_sent)
             self._session = aiohttp.ClientSession(
+                trace_configs=[sent],
                 connector=connector,
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
@@ -51,7 +67,8 @@ class UpstreamPool:
         return timeout
 
     async def request(
-        self, route: Route, method: str, url: URL, headers: dict[str, str], body: bytes
+        self, route: Route, method: str, url: URL, headers: dict[str, str], body: bytes,
+        call: CallObserver | None = None,
     ) -> aiohttp.ClientResponse:
         if self._session is None:
             await self.start()
@@ -65,4 +82,5 @@ class UpstreamPool:
             timeout=self._timeout(route),
             compress=None,
             auto_decompress=False,
+            trace_request_ctx=call,
         )
