@@ -285,28 +285,42 @@ class Forwarder:
                     "headers": client_response_headers(response.raw_headers),
                 }
             )
-            if remover is not None and response.status < 400 and call is not None:
-                await self._stream_body_without_usage(send, response, call, remover)
-            else:
-                await self._stream_body(send, response, call)
+            if response.status >= 400:
+                remover = None  # an error body has no usage event to hide
+            await self._stream_body(send, response, call, remover)
         finally:
             response.release()
 
     async def _stream_body(
-        self, send: Send, response: aiohttp.ClientResponse, call: CallObserver | None
+        self,
+        send: Send,
+        response: aiohttp.ClientResponse,
+        call: CallObserver | None,
+        remover: UsageEventRemover | None = None,
     ) -> None:
+        """Relay the body chunk by chunk. The observer sees every upstream byte, after the client got it;
+        with injected usage, the client gets all but the usage event."""
         read = response.content.readany
-        message: dict[str, Any] = {"type": "http.response.body", "body": b"", "more_body": True}
+        tail = b""
         try:
             if call is None:
                 while chunk := await read():
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            else:
+            elif remover is None:
                 on_chunk = call.on_chunk
                 while chunk := await read():
                     t_ns = _perf_ns()
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                     on_chunk(chunk, t_ns)
+            else:
+                on_chunk = call.on_chunk
+                while chunk := await read():
+                    t_ns = _perf_ns()
+                    forward = remover.feed(chunk)
+                    if forward:
+                        await send({"type": "http.response.body", "body": forward, "more_body": True})
+                    on_chunk(chunk, t_ns)
+                tail = remover.flush()
         except TimeoutError as exc:
             if call is not None:
                 call.finish_soon("timeout")
@@ -316,30 +330,6 @@ class Forwarder:
                 call.finish_soon("upstream_closed")
             raise errors.UpstreamStreamAborted(f"upstream stream broke: {type(exc).__name__}") from exc
         t_end_ns = _perf_ns()
-        message["more_body"] = False
-        await send(message)
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
         if call is not None:
             call.finish_soon(t_ns=t_end_ns)
-
-    async def _stream_body_without_usage(
-        self, send: Send, response: aiohttp.ClientResponse, call: CallObserver, remover: UsageEventRemover
-    ) -> None:
-        """The injected-usage variant: the observer sees every byte, the client all but the usage event."""
-        read = response.content.readany
-        on_chunk = call.on_chunk
-        try:
-            while chunk := await read():
-                t_ns = _perf_ns()
-                forward = remover.feed(chunk)
-                if forward:
-                    await send({"type": "http.response.body", "body": forward, "more_body": True})
-                on_chunk(chunk, t_ns)
-        except TimeoutError as exc:
-            call.finish_soon("timeout")
-            raise errors.UpstreamStreamAborted("upstream stalled mid-stream (read timeout)") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            call.finish_soon("upstream_closed")
-            raise errors.UpstreamStreamAborted(f"upstream stream broke: {type(exc).__name__}") from exc
-        t_end_ns = _perf_ns()
-        await send({"type": "http.response.body", "body": remover.flush(), "more_body": False})
-        call.finish_soon(t_ns=t_end_ns)
