@@ -27,14 +27,12 @@ from llmtap.providers.base import (
     StreamItem,
     UsageReport,
 )
+from llmtap.tokens import SOURCE_PROVIDER
 
 DEFAULT_MAX_TIMESTAMPS = 1 << 16
 DEFAULT_MAX_OUTPUT_CHARS = 1 << 20
 _NS = 1e-9
 
-USAGE_SOURCE_PROVIDER = "provider"
-USAGE_SOURCE_TOKENIZER = "tokenizer"
-USAGE_SOURCE_ESTIMATE = "estimate"
 
 
 @dataclass(slots=True)
@@ -214,7 +212,7 @@ class Exchange:
     def output_tokens(self) -> tuple[int | None, str | None]:
         """Output tokens for TPOT and throughput: the provider's count, else the reference tokenizer's."""
         if self.usage.output_tokens is not None:
-            return self.usage.output_tokens, USAGE_SOURCE_PROVIDER
+            return self.usage.output_tokens, SOURCE_PROVIDER
         if self.normalized_output_tokens is not None:
             return self.normalized_output_tokens, self.normalized_source
         return None, None

@@ -15,7 +15,7 @@ from typing import Protocol
 
 from llmtap.exchange import Exchange
 from llmtap.providers.base import ProviderAPI, RequestFacts, StreamItem, StreamParser
-from llmtap.tokens import ReferenceTokenizer
+from llmtap.tokens import SOURCE_ESTIMATE, SOURCE_TOKENIZER, ReferenceTokenizer
 from llmtap.wire import StreamDecoder, decoder_for
 
 logger = logging.getLogger("llmtap.observer")
@@ -251,7 +251,7 @@ class CallObserver:
             sources.add(source)
         if sources:
             # one estimate makes the whole normalised figure an estimate
-            exchange.normalized_source = "estimate" if "estimate" in sources else "tokenizer"
+            exchange.normalized_source = SOURCE_ESTIMATE if SOURCE_ESTIMATE in sources else SOURCE_TOKENIZER
 
     def _fault(self, where: str) -> None:
         logger.debug("observer fault in %s", where, exc_info=True)

@@ -6,6 +6,8 @@ version has them; the fallbacks below only cover older installs. Our own names l
 
 from __future__ import annotations
 
+from llmtap.tokens import SOURCE_ESTIMATE, SOURCE_PROVIDER, SOURCE_TOKENIZER
+
 try:  # official constants (opentelemetry-semantic-conventions >= 0.48b0)
     from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as _attrs
     from opentelemetry.semconv._incubating.metrics import gen_ai_metrics as _metrics
@@ -94,9 +96,9 @@ NORMALIZED_TOOL_CALL_TOKENS = "llmtap.usage.normalized_tool_call_tokens"
 
 OBSERVER_PROXY = "proxy"
 OBSERVER_SDK = "sdk"
-USAGE_SOURCE_PROVIDER = "provider"
-USAGE_SOURCE_TOKENIZER = "tokenizer"
-USAGE_SOURCE_ESTIMATE = "estimate"
+USAGE_SOURCE_PROVIDER = SOURCE_PROVIDER
+USAGE_SOURCE_TOKENIZER = SOURCE_TOKENIZER
+USAGE_SOURCE_ESTIMATE = SOURCE_ESTIMATE
 
 # --- span events ---
 EVENT_FIRST_TOKEN = "llmtap.first_token"

