@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ from llmtap_proxy.config import load_settings
 from llmtap_proxy.report import load, summarize
 from llmtap_proxy.sim import SimServer
 from tests.conftest import proxy_settings, run_proxy
+from tests.processes import free_port
 
 SIM_TTFT, SIM_ITL = 0.020, 0.015
 
@@ -74,12 +74,6 @@ async def test_in_process_file_exporters_write_otlp_json_that_report_reads(
     # ITL from the metrics histogram: 15 ms gaps fall in the (10 ms, 25 ms] bucket
     assert proxy_row.itl_source == "histogram" and 0.010 < proxy_row.itl_p50 <= 0.025
     assert proxy_row.provider_tokens_per_s == pytest.approx(bench_row.provider_tokens_per_s, rel=0.2)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def test_llmtap_serve_telemetry_file_then_llmtap_report(sim: SimServer, tmp_path: Path, capsys) -> None:

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from llmtap_proxy.sim import SimServer
+from tests.processes import free_port
 
 SECRET = "sk-live-DO-NOT-LEAK-4242"
 
@@ -81,12 +81,6 @@ async def otlp_receiver() -> AsyncIterator[OtlpReceiver]:
         yield received
     finally:
         await runner.cleanup()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.asynccontextmanager

@@ -23,7 +23,6 @@ import contextlib
 import importlib.util
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ import orjson
 import pytest
 
 from llmtap_proxy.sim import SimServer
+from tests.processes import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -67,12 +67,6 @@ def phoenix_python() -> str:
     if os.environ.get("CI", "").strip().lower() == "true":
         pytest.fail(message + "; CI must run this test")
     pytest.skip(message)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def log_tail(log: Path, limit: int = 4000) -> str:

@@ -20,8 +20,6 @@ import contextlib
 import math
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -32,6 +30,8 @@ import aiohttp
 import orjson
 import pytest
 
+from tests.processes import free_port, process, wait_http_ok
+
 MODEL = "prom-e2e"
 REQUESTS = 40
 CONCURRENCY = 4
@@ -39,6 +39,7 @@ TTFT_MS = 50
 TTFT = "gen_ai_server_time_to_first_token_seconds"
 ITL = "gen_ai_client_operation_time_per_output_chunk_seconds"
 DURATION = "gen_ai_client_operation_duration_seconds"
+
 
 
 def prometheus_binary() -> str:
@@ -50,53 +51,6 @@ def prometheus_binary() -> str:
     if os.environ.get("CI", "").strip().lower() == "true":
         pytest.fail(message + "; CI must run this test")
     pytest.skip(message)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def log_tail(log: Path, limit: int = 4000) -> str:
-    return log.read_bytes()[-limit:].decode(errors="replace") if log.exists() else ""
-
-
-async def wait_http_ok(url: str, what: str, timeout: float, child: subprocess.Popen | None = None,
-                       log: Path | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            if child is not None and child.poll() is not None:
-                raise AssertionError(f"{what} exited with {child.returncode}:\n{log_tail(log) if log else ''}")
-            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
-                async with session.get(url, timeout=aiohttp.ClientTimeout(total=1)) as response:
-                    if response.status == 200:
-                        return
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"{what} was not ready at {url} within {timeout} s:\n{log_tail(log) if log else ''}")
-
-
-def stop(child: subprocess.Popen) -> None:
-    if child.poll() is None:
-        child.terminate()
-        try:
-            child.wait(10)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait(10)
-
-
-@contextlib.asynccontextmanager
-async def process(args: list[str], ready_url: str, what: str, log: Path, **env: str) -> AsyncIterator[None]:
-    """A real process, logging to `log` (a pipe could fill up and block it); ready when `ready_url` answers 200."""
-    with log.open("wb") as out:
-        child = subprocess.Popen(args, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        await wait_http_ok(ready_url, what, 30, child, log)
-        yield
-    finally:
-        stop(child)
 
 
 @contextlib.asynccontextmanager

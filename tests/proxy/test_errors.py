@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import time
 from collections.abc import AsyncIterator
 
@@ -15,15 +14,10 @@ from aiohttp import web
 
 from llmtap_proxy.sim import SimServer
 from tests.conftest import Captured, RunningProxy, proxy_settings, run_proxy
+from tests.processes import free_port
 
 CHAT = "/v1/chat/completions"
 BODY = {"model": "sim-small", "stream": True, "messages": [{"role": "user", "content": "hello there"}]}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.asynccontextmanager

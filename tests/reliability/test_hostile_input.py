@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -24,17 +23,12 @@ from llmtap_proxy.app import ProxyApp
 from llmtap_proxy.config import Route, Settings, Upstream
 from llmtap_proxy.server import uvicorn_config
 from tests.conftest import Captured, make_captured, proxy_settings
+from tests.processes import free_port
 
 CHAT = "/v1/chat/completions"
 CHAT_BODY = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
 REPLY = orjson.dumps({"id": "c1", "object": "chat.completion", "model": "m", "choices": [
     {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}]})
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

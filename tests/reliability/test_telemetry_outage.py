@@ -12,7 +12,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,16 +27,11 @@ from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from llmtap_proxy.sim import SimServer
+from tests.processes import free_port
 
 CHAT = "/v1/chat/completions"
 BODY = {"model": "sim-small", "stream": True, "messages": [{"role": "user", "content": "hello"}]}
 FAST = {"x-sim-ttft-ms": "5", "x-sim-itl-ms": "2", "x-sim-tokens": "10"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
