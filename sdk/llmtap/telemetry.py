@@ -132,13 +132,43 @@ class ColdStartTracker:
                 self._last_seen[key] = now_ns
 
 
+class ActiveCalls:
+    """Calls in flight per (provider, operation, server address, server port), observed at collection."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, str, str, int], int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, key: tuple[str, str, str, int], delta: int) -> None:
+        with self._lock:
+            self._counts[key] = self._counts.get(key, 0) + delta
+
+    def value(self, key: tuple[str, str, str, int]) -> int:
+        return self._counts.get(key, 0)
+
+    def observe(self, _options: Any) -> list[Any]:
+        from opentelemetry.metrics import Observation
+
+        with self._lock:
+            counts = list(self._counts.items())
+        return [
+            Observation(count, {
+                semconv.PROVIDER_NAME: provider,
+                semconv.OPERATION_NAME: operation,
+                semconv.SERVER_ADDRESS: address,
+                semconv.SERVER_PORT: port,
+            })
+            for (provider, operation, address, port), count in counts
+        ]
+
+
 @dataclass(slots=True)
 class _CallState:
     span: trace.Span
     observer_name: str
     server_address: str
     server_port: int
-    active_attributes: dict[str, Any]
+    active_key: tuple[str, str, str, int]
     cold_start: bool | None = None
     counted_done: bool = False  # llmtap.requests.active was decremented
 
@@ -227,8 +257,12 @@ class Telemetry:
             semconv.METRIC_PROXY_OVERHEAD, "s", "Time the proxy added before sending a request upstream.",
             semconv.BUCKETS_PROXY_OVERHEAD,
         )
-        self.requests_active = meter.create_up_down_counter(
-            semconv.METRIC_REQUESTS_ACTIVE, unit="{request}", description="LLM calls in flight."
+        # In-flight calls are plain counters, read at collection time: a synchronous up-down counter
+        # costs two OpenTelemetry records per call on the request path (about as much as the span).
+        self.requests_active = ActiveCalls()
+        meter.create_observable_up_down_counter(
+            semconv.METRIC_REQUESTS_ACTIVE, callbacks=[self.requests_active.observe], unit="{request}",
+            description="LLM calls in flight.",
         )
         self.cold_start_counter = meter.create_counter(
             semconv.METRIC_COLD_STARTS, unit="{request}", description="Calls flagged as cold starts."
@@ -270,13 +304,8 @@ class Telemetry:
             span = self.tracer.start_span(operation, context=parent, kind=SpanKind.CLIENT, attributes=attributes)
         elif attributes:
             span.set_attributes(attributes)
-        active = {
-            semconv.PROVIDER_NAME: api.name,
-            semconv.OPERATION_NAME: operation,
-            semconv.SERVER_ADDRESS: server_address,
-            semconv.SERVER_PORT: server_port,
-        }
-        self.requests_active.add(1, active)
+        active = (api.name, operation, server_address, server_port)
+        self.requests_active.add(active, 1)
         state = _CallState(
             span, observer_name or self.observer_name, server_address, server_port, active
         )
@@ -293,7 +322,7 @@ class Telemetry:
     def _count_done(self, state: _CallState) -> None:
         if not state.counted_done:
             state.counted_done = True
-            self.requests_active.add(-1, state.active_attributes)
+            self.requests_active.add(state.active_key, -1)
 
     def schedule_finish(self, call: CallObserver, error_type: str | None, t_ns: int) -> None:
         state = call.context
@@ -612,19 +641,25 @@ def configure_from_env(
     metrics_port: int | None = None,
     metrics_host: str = "127.0.0.1",
     telemetry_file: str | None = None,
+    instance_suffix: str = "",
 ) -> tuple[Any, Any, TelemetryTargets]:
     """SDK providers built from OTEL_* variables: OTLP over http/protobuf by default, grpc when
     asked, console, prometheus, or none. `metrics_port` adds a Prometheus scrape endpoint whatever
     OTEL_METRICS_EXPORTER says. `telemetry_file` adds OTLP JSON-lines file exporters for spans and
     metrics (llmtap.otlp_file) beside whatever OTEL_* selects.
+    service.instance.id is the one OTEL_RESOURCE_ATTRIBUTES sets, followed by `instance_suffix` (the
+    proxy's workers add "-w<index>" so that they stay apart), or else a random UUID for this call.
     Returns (tracer_provider, meter_provider, where the data goes)."""
     from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
     from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, PeriodicExportingMetricReader
-    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.resources import OTELResourceDetector, Resource
     from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
-    attributes: dict[str, Any] = {"service.instance.id": str(uuid.uuid4())}
+    chosen = OTELResourceDetector().detect().attributes.get("service.instance.id")  # OTEL_RESOURCE_ATTRIBUTES
+    attributes: dict[str, Any] = {
+        "service.instance.id": f"{chosen}{instance_suffix}" if chosen else str(uuid.uuid4()),
+    }
     if not os.environ.get("OTEL_SERVICE_NAME"):
         attributes["service.name"] = service_name
     resource = Resource.create(attributes)
