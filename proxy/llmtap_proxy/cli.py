@@ -43,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
         help="also append spans and metrics to PATH as OTLP JSON lines, for `llmtap report` "
         "(env LLMTAP_TELEMETRY_FILE)",
     )
+    serve.add_argument(
+        "--workers", type=int, metavar="N",
+        help="worker processes sharing the port, each with its own event loop and telemetry; default 1 "
+        "(env LLMTAP_WORKERS). In Kubernetes prefer one worker per pod and more replicas",
+    )
     serve.add_argument("--log-level", default=os.environ.get("LLMTAP_LOG_LEVEL", "info"))
 
     sim = commands.add_parser("sim", help="run the simulated LLM backend (OpenAI + Anthropic APIs)")
@@ -75,14 +80,14 @@ def main(argv: list[str] | None = None) -> int:
                 upstream=args.upstream, host=args.host, port=args.port, config_file=args.config,
                 metrics_port=args.metrics_port, cold_start_idle=args.cold_start_idle,
                 inject_stream_usage=args.inject_stream_usage, telemetry_file=args.telemetry_file,
+                workers=args.workers,
             )
         except ConfigError as exc:
             print(f"llmtap: configuration error: {exc}", file=sys.stderr)
             return 2
         from llmtap_proxy.server import serve
 
-        serve(settings)
-        return 0
+        return serve(settings)
     if args.command == "sim":
         from llmtap_proxy.sim import SimProfile, run_sim
 

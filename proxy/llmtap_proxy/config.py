@@ -32,7 +32,7 @@ _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
 _TOP_KEYS = {
     "host", "port", "upstream", "routes", "max_body_bytes", "connect_timeout", "read_timeout",
     "drain_timeout", "cold_start_idle", "reference_tokenizer", "metrics_port", "inject_stream_usage",
-    "auth_keys", "capture_max_chars", "redact_patterns", "telemetry_file",
+    "auth_keys", "capture_max_chars", "redact_patterns", "telemetry_file", "workers",
 }
 
 
@@ -106,6 +106,7 @@ class Settings:
     capture_max_chars: int = 64 * 1024  # cap of captured prompt/completion JSON (opt-in capture only)
     redact_patterns: list[re.Pattern[str]] = field(default_factory=list)  # applied before export
     telemetry_file: str | None = None  # OTLP JSON-lines file for spans and metrics (llmtap report reads it)
+    workers: int = 1  # processes sharing the listening socket (llmtap_proxy.supervisor when > 1)
 
     def route_for(self, raw_path: str, request_host: str | None = None) -> Route | None:
         """The route for a request: host-specific routes first, then the longest matching prefix.
@@ -211,6 +212,23 @@ def _parse_route(raw: Any, index: int, defaults: dict[str, float], env: Mapping[
     )
 
 
+def _check_prometheus_single_worker(settings: Settings, env: Mapping[str, str]) -> None:
+    """Each worker is a process with its own metric state: one Prometheus port cannot serve them all, and a
+    scrape that reached one worker would show only that worker's counters, looking complete."""
+    if settings.metrics_port is not None:
+        source = "metrics_port (--metrics-port, LLMTAP_METRICS_PORT)"
+    elif "prometheus" in [name.strip().lower() for name in env.get("OTEL_METRICS_EXPORTER", "").split(",")]:
+        source = "OTEL_METRICS_EXPORTER=prometheus"
+    else:
+        return
+    raise ConfigError(
+        f"workers: {settings.workers} workers cannot share one Prometheus endpoint ({source}); each worker "
+        "holds its own metrics. Export OTLP to an OpenTelemetry Collector and let Prometheus scrape the "
+        "Collector, or run single-worker processes (more replicas), each with its own metrics port. "
+        "See docs/deploy.md, 'Workers and sizing'."
+    )
+
+
 def load_settings(
     *,
     upstream: str | None = None,
@@ -221,6 +239,7 @@ def load_settings(
     cold_start_idle: float | None = None,
     inject_stream_usage: bool | None = None,
     telemetry_file: str | None = None,
+    workers: int | None = None,
     env: dict[str, str] | None = None,
 ) -> Settings:
     """Merge flags (the arguments), LLMTAP_* variables and the YAML file into validated Settings."""
@@ -284,6 +303,13 @@ def load_settings(
         settings.metrics_port = int(_number(metrics_value, "metrics_port"))
         if not 0 <= settings.metrics_port <= 65535:
             raise ConfigError(f"metrics_port: must be 0-65535, got {metrics_value!r}")
+    workers_value = pick(workers, "LLMTAP_WORKERS", "workers", 1)
+    workers_number = _number(workers_value, "workers", minimum=1)
+    if workers_number != int(workers_number):
+        raise ConfigError(f"workers: expected a whole number, got {workers_value!r}")
+    settings.workers = int(workers_number)
+    if settings.workers > 1:
+        _check_prometheus_single_worker(settings, env)
     defaults = {
         "connect_timeout": _number(
             pick(None, "LLMTAP_CONNECT_TIMEOUT", "connect_timeout", DEFAULT_CONNECT_TIMEOUT_S),

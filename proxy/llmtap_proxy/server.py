@@ -6,6 +6,7 @@ import importlib.util
 import logging
 import os
 import signal
+import socket
 import sys
 
 import uvicorn
@@ -49,10 +50,12 @@ def uvicorn_config(app: ProxyApp, settings: Settings, **overrides: object) -> uv
     return uvicorn.Config(app.asgi, **options)  # type: ignore[arg-type]
 
 
-def build_telemetry(settings: Settings, service_name: str = "llmtap-proxy") -> tuple[Telemetry, TelemetryTargets]:
+def build_telemetry(
+    settings: Settings, service_name: str = "llmtap-proxy", instance_suffix: str = ""
+) -> tuple[Telemetry, TelemetryTargets]:
     tracer_provider, meter_provider, targets = configure_from_env(
         service_name, metrics_port=settings.metrics_port, metrics_host=settings.host,
-        telemetry_file=settings.telemetry_file,
+        telemetry_file=settings.telemetry_file, instance_suffix=instance_suffix,
     )
     telemetry = Telemetry(
         tracer_provider,
@@ -66,14 +69,36 @@ def build_telemetry(settings: Settings, service_name: str = "llmtap-proxy") -> t
     return telemetry, targets
 
 
-def serve(settings: Settings) -> None:
-    """Blocking: run until SIGTERM/SIGINT, then drain and flush."""
-    telemetry, targets = build_telemetry(settings)
+def serve(settings: Settings) -> int:
+    """Blocking: run until SIGTERM/SIGINT, then drain and flush. Returns the exit status.
+
+    With `settings.workers` > 1, this process only supervises: llmtap_proxy.supervisor binds the socket
+    and runs `serve_worker` in that many child processes."""
+    if settings.workers > 1:
+        from llmtap_proxy.supervisor import supervise
+
+        return supervise(settings)
+    serve_worker(settings)
+    return 0
+
+
+def serve_worker(
+    settings: Settings, sockets: list[socket.socket] | None = None, worker_index: int | None = None
+) -> None:
+    """One proxy process: its own telemetry, upstream pool and event loop. Alone, it binds host:port
+    itself; as worker `worker_index` of a supervisor, it serves the listening `sockets` it was given."""
+    suffix = "" if worker_index is None else f"-w{worker_index}"
+    telemetry, targets = build_telemetry(settings, instance_suffix=suffix)
     app = ProxyApp(settings, telemetry)
     config = uvicorn_config(app, settings)
-    for route in settings.routes:
-        logger.info("route %s -> %s%s", route.prefix, route.upstream.origin, route.upstream.base_path)
-    logger.info("telemetry: traces %s; metrics %s", targets.traces, targets.metrics)
+    if worker_index is None:  # a supervisor logs the routes once for all its workers
+        for route in settings.routes:
+            logger.info("route %s -> %s%s", route.prefix, route.upstream.origin, route.upstream.base_path)
+        logger.info("telemetry: traces %s; metrics %s", targets.traces, targets.metrics)
+    else:
+        instance = telemetry.tracer_provider.resource.attributes.get("service.instance.id")
+        logger.info("telemetry: traces %s; metrics %s; service.instance.id %s", targets.traces, targets.metrics,
+                    instance)
     # Calls end (tokens, span, histograms) on the finisher thread. A short GIL switch interval
     # bounds how long that thread can keep the event loop waiting: 0.5 ms instead of 5 ms.
     sys.setswitchinterval(float(os.environ.get("LLMTAP_GIL_SWITCH_INTERVAL", "0.0005")))
@@ -82,7 +107,7 @@ def serve(settings: Settings) -> None:
     for handled in (signal.SIGTERM, signal.SIGINT):
         signal.signal(handled, lambda *_: None)
     try:
-        uvicorn.Server(config).run()
+        uvicorn.Server(config).run(sockets=sockets)
     finally:
         telemetry.shutdown()
         targets.close()
