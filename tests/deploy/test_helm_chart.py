@@ -306,6 +306,15 @@ def test_scaling_values_wire_hpa_pdb_metrics_port_and_service_monitor(
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
 
 
+def test_workers_reach_the_proxy_only_when_more_than_one(
+    helm: Helm, rendered: dict[str, list[dict[str, Any]]]
+) -> None:
+    assert "LLMTAP_WORKERS" not in env_of(proxy_container(rendered["default"]))  # the single-process default
+    env = env_of(proxy_container(helm.template(extra=("--set", "proxy.workers=2"))))
+    assert env["LLMTAP_WORKERS"]["value"] == "2"
+    assert "LLMTAP_METRICS_PORT" not in env
+
+
 def test_secret_refs_feed_route_headers_and_the_rendered_config_loads_in_the_proxy(
     rendered: dict[str, list[dict[str, Any]]], tmp_path: Path
 ) -> None:
@@ -383,6 +392,8 @@ BAD_VALUES = [
     ("podDisruptionBudget.minAvailable=1,podDisruptionBudget.maxUnavailable=1", r"not both"),
     ("autoscaling.enabled=true,resources.requests=null", r"CPU utilization needs resources.requests.cpu"),
     ("metrics.enabled=true,metrics.port=8787", r"metrics.port and proxy.port are both 8787"),
+    ("proxy.workers=0", r"/proxy/workers.*minimum"),
+    ("proxy.workers=2,metrics.enabled=true", r"proxy.workers \(2\) > 1 cannot be combined with metrics.enabled"),
 ]
 
 

@@ -113,6 +113,9 @@ app.kubernetes.io/component: proxy
 {{- end }}
 {{- end }}
 {{- end }}
+{{- if and (gt (int .Values.proxy.workers) 1) .Values.metrics.enabled }}
+{{- fail (printf "llmtap: proxy.workers (%v) > 1 cannot be combined with metrics.enabled: each worker holds its own metrics, and one Prometheus port would show only one of them. Keep proxy.workers 1 and scale replicas, or export metrics over OTLP to a collector that Prometheus scrapes (docs/deploy.md, Workers and sizing)" .Values.proxy.workers) }}
+{{- end }}
 {{- if and .Values.upstreamSecrets.keys (not .Values.upstreamSecrets.existingSecret) }}
 {{- fail "llmtap: upstreamSecrets.keys is set but upstreamSecrets.existingSecret is empty: name the Secret that holds the keys" }}
 {{- end }}
