@@ -69,6 +69,13 @@ class Finisher:
         else:
             call.finish(error_type, t_ns)
 
+    def read_request(self, call: CallObserver) -> None:
+        """Parse the call's request body on this thread, in call order (cold starts are decided there)."""
+        if self.thread is not None and self.queue.qsize() < self.MAX_BACKLOG:
+            self.queue.put((_read_request, call, 0))
+        else:
+            call.read_request()
+
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until the calls queued so far have ended."""
         if self.thread is None:
@@ -81,6 +88,10 @@ class Finisher:
         self.queue = queue.SimpleQueue()
         self.thread = None
         self._lock = threading.Lock()
+
+
+def _read_request(call: CallObserver, _t_ns: int) -> None:
+    call.read_request()
 
 
 def _lowest_cpu_priority() -> None:

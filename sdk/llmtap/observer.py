@@ -21,6 +21,8 @@ from llmtap.wire import StreamDecoder, decoder_for
 logger = logging.getLogger("llmtap.observer")
 
 DEFAULT_MAX_RESPONSE_BODY = 8 * 1024 * 1024
+# A deferred call keeps at most this many received bytes for parsing at its end; past it, it parses as it goes.
+MAX_DEFERRED_BYTES = 1024 * 1024
 
 
 class CallSink(Protocol):
@@ -32,6 +34,8 @@ class CallSink(Protocol):
 
     def schedule_finish(self, call: CallObserver, error_type: str | None, t_ns: int) -> None: ...
 
+    def schedule_facts(self, call: CallObserver) -> None: ...
+
     def fault(self, where: str) -> None: ...
 
 
@@ -42,9 +46,13 @@ class CallObserver:
         "_body",
         "_body_size",
         "_decompress",
+        "_deferred_bytes",
         "_finish_requested",
         "_finished",
         "_parser",
+        "_pending",
+        "_request_body",
+        "_response",
         "_sink",
         "_stream",
         "_tokenizer",
@@ -67,7 +75,11 @@ class CallObserver:
         max_response_body: int = DEFAULT_MAX_RESPONSE_BODY,
         context: object = None,
         path: str = "",
+        deferred: bool = False,
     ) -> None:
+        """`deferred`: the caller's thread only keeps what arrives (the request body, the response
+        headers, each chunk with its arrival time); parsing happens where the call ends (the proxy's
+        finisher thread), so the event loop does nothing per chunk but an append."""
         self.api = api
         self.operation = operation
         self.path = path  # the request path as the upstream sees it
@@ -84,9 +96,29 @@ class CallObserver:
         self._decompress: zlib._Decompress | None = None
         self._finished = False
         self._finish_requested = False
+        self._request_body: bytes | None = None
+        self._response: tuple[int, str, str] | None = None  # status, content type, content encoding
+        self._pending: list[tuple[bytes, int]] | None = [] if deferred else None
+        self._deferred_bytes = 0
 
     # --- request side ---
     def set_request_body(self, body: bytes) -> None:
+        if self._pending is None:
+            self._request_body = body
+            self.read_request()
+            return
+        self._request_body = body
+        try:
+            self._sink.schedule_facts(self)
+        except Exception:
+            self.read_request()
+
+    def read_request(self) -> None:
+        """Parse the request body into facts, once (then tell the sink: cold start is decided there)."""
+        body = self._request_body
+        if body is None:
+            return
+        self._request_body = None
         try:
             self.exchange.facts = self.api.request_facts(self.operation, body, self.path)
             self._sink.on_facts(self)
@@ -114,6 +146,16 @@ class CallObserver:
             self.exchange.mark_headers(t_ns, status)
             content_type = headers.get("content-type") or headers.get("Content-Type") or ""
             encoding = (headers.get("content-encoding") or headers.get("Content-Encoding") or "").lower()
+            if self._pending is not None:
+                self._response = (status, content_type, encoding)
+            else:
+                self._start_reading(status, content_type, encoding)
+        except Exception:
+            self._fault("on_response")
+
+    def _start_reading(self, status: int, content_type: str, encoding: str) -> None:
+        """Set up the decoding of the response body (stream decoder and parser, or a buffer)."""
+        try:
             if encoding in ("gzip", "deflate", "x-gzip"):
                 self._decompress = zlib.decompressobj(47)  # gzip or zlib, auto-detected
             elif encoding not in ("", "identity"):
@@ -134,6 +176,29 @@ class CallObserver:
         exchange = self.exchange
         if exchange.t_first_chunk_ns is None:
             exchange.t_first_chunk_ns = t_ns
+        pending = self._pending
+        if pending is not None:
+            pending.append((chunk, t_ns))
+            self._deferred_bytes += len(chunk)
+            if self._deferred_bytes > MAX_DEFERRED_BYTES:
+                self.catch_up()  # a long response: parse as it goes from here on, memory stays bounded
+            return
+        self._read_chunk(chunk, t_ns)
+
+    def catch_up(self) -> None:
+        """Parse what a deferred call has kept so far, and parse in line from now on."""
+        pending = self._pending
+        if pending is None:
+            return
+        self._pending = None
+        self.read_request()
+        if self._response is not None:
+            self._start_reading(*self._response)
+        for chunk, t_ns in pending:
+            self._read_chunk(chunk, t_ns)
+
+    def _read_chunk(self, chunk: bytes, t_ns: int) -> None:
+        exchange = self.exchange
         try:
             if self._decompress is not None:
                 chunk = self._decompress.decompress(chunk)
@@ -192,6 +257,8 @@ class CallObserver:
         if self._finished:
             return
         self._finished = True
+        self.catch_up()
+        self.read_request()
         exchange = self.exchange
         exchange.finish(t_ns if t_ns is not None else time.perf_counter_ns())
         if error_type is not None:

@@ -309,7 +309,9 @@ class Telemetry:
         state = _CallState(
             span, observer_name or self.observer_name, server_address, server_port, active
         )
-        return CallObserver(api, operation, self, self.tokenizer, context=state, path=path)
+        return CallObserver(
+            api, operation, self, self.tokenizer, context=state, path=path, deferred=self.finish_in_background
+        )
 
     def trace_headers(self, call: CallObserver) -> dict[str, str]:
         """W3C trace context of the call's span, to send upstream."""
@@ -336,19 +338,29 @@ class Telemetry:
         else:
             call.finish(error_type, t_ns)
 
+    def schedule_facts(self, call: CallObserver) -> None:
+        """Parse the request on the finisher thread (queued before the call's end, so in call order)."""
+        if self.finish_in_background:
+            from llmtap.finisher import FINISHER
+
+            FINISHER.ensure_started()
+            FINISHER.read_request(call)
+        else:
+            call.read_request()
+
     def on_facts(self, call: CallObserver) -> None:
         self.check_cold_start(call)
 
     def check_cold_start(self, call: CallObserver) -> None:
-        """Decide cold start in call order; call it once the request facts are known."""
+        """Decide cold start in call order, at the call's start time; once the request facts are known."""
         state = call.context
         if not isinstance(state, _CallState) or state.cold_start is not None:
             return
-        facts = call.exchange.facts
+        exchange = call.exchange
+        facts = exchange.facts
         model = (facts.model if facts else None) or ""
-        state.cold_start = self.cold_starts.check(
-            (state.server_address, state.server_port, model), time.monotonic_ns()
-        )
+        started = exchange.t_received_ns or exchange.t_sent_ns or time.perf_counter_ns()
+        state.cold_start = self.cold_starts.check((state.server_address, state.server_port, model), started)
 
     def fault(self, where: str) -> None:
         self.internal_errors.add(1, {"llmtap.fault": where})
@@ -371,7 +383,7 @@ class Telemetry:
         facts = exchange.facts
         model = facts.model if facts else None
         self.cold_starts.touch(
-            (state.server_address, state.server_port, model or ""), time.monotonic_ns()
+            (state.server_address, state.server_port, model or ""), exchange.t_end_ns or time.perf_counter_ns()
         )
         figures = exchange.figures()
         span = state.span
