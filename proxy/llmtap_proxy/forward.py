@@ -14,9 +14,6 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-import aiohttp
-from yarl import URL
-
 from llmtap.observer import CallObserver
 from llmtap.providers import detect, get_provider, specialize
 from llmtap.providers.base import ProviderAPI
@@ -25,6 +22,7 @@ from llmtap.telemetry import Telemetry
 from llmtap_proxy import errors
 from llmtap_proxy.config import Route, Settings
 from llmtap_proxy.headers import AUTH_HEADER, client_response_headers, upstream_request_headers
+from llmtap_proxy.http1 import UpstreamDisconnected, UpstreamError, UpstreamResponse
 from llmtap_proxy.stream_usage import UsageEventRemover, with_stream_usage
 from llmtap_proxy.upstream import UpstreamPool
 
@@ -192,9 +190,7 @@ class Forwarder:
                     upstream_body, remover = injected, UsageEventRemover()
         headers.update(route.headers)
         query: bytes = scope.get("query_string", b"")
-        url = URL(
-            route.upstream.origin + target + ("?" + query.decode("latin-1") if query else ""), encoded=True
-        )
+        url = target + "?" + query.decode("latin-1") if query else target
 
         task = asyncio.current_task()
         state = {"disconnected": False, "done": False}
@@ -227,29 +223,24 @@ class Forwarder:
         send: Send,
         route: Route,
         method: str,
-        url: URL,
+        url: str,
         headers: dict[str, str],
         body: bytes,
         call: CallObserver | None,
         remover: UsageEventRemover | None = None,
     ) -> None:
         if call is not None:
-            call.mark_sent()  # provisional: the pool's trace hook stamps the moment the request is written
-        request = asyncio.ensure_future(self.pool.request(route, method, url, headers, body, call))
-        if call is not None:
-            await asyncio.sleep(0)  # let the request go out first; read its facts meanwhile
-            call.set_request_body(body)
+            call.mark_sent()  # provisional: the pool stamps the moment the request is written
+            call.set_request_body(body)  # parsed on the finisher thread, off the path that sends it
         try:
             try:
-                response = await request
-            except aiohttp.ServerDisconnectedError:
+                response = await self.pool.request(route, method, url, headers, body, call)
+            except UpstreamDisconnected as exc:
+                if not exc.retryable:
+                    raise
                 # The upstream closed a pooled keep-alive connection just as we reused it, before
                 # sending any response (llama.cpp does this after every stream). Once, on a new one.
-                request = asyncio.ensure_future(self.pool.request(route, method, url, headers, body, call))
-                response = await request
-        except asyncio.CancelledError:
-            request.cancel()
-            raise
+                response = await self.pool.request(route, method, url, headers, body, call)
         except TimeoutError:
             status, error_type, shape = errors.TIMEOUT
             if call is not None:
@@ -258,7 +249,7 @@ class Forwarder:
                 send, status, f"upstream {route.upstream.origin} timed out before responding", shape
             )
             return
-        except (aiohttp.ClientError, OSError) as exc:
+        except (UpstreamError, OSError) as exc:
             status, error_type, shape = errors.UNREACHABLE
             if call is not None:
                 call.finish_soon(error_type)
@@ -294,13 +285,13 @@ class Forwarder:
     async def _stream_body(
         self,
         send: Send,
-        response: aiohttp.ClientResponse,
+        response: UpstreamResponse,
         call: CallObserver | None,
         remover: UsageEventRemover | None = None,
     ) -> None:
         """Relay the body chunk by chunk. The observer sees every upstream byte, after the client got it;
         with injected usage, the client gets all but the usage event."""
-        read = response.content.readany
+        read = response.read
         tail = b""
         try:
             if call is None:
@@ -325,7 +316,7 @@ class Forwarder:
             if call is not None:
                 call.finish_soon("timeout")
             raise errors.UpstreamStreamAborted("upstream stalled mid-stream (read timeout)") from exc
-        except (aiohttp.ClientError, OSError) as exc:
+        except (UpstreamError, OSError) as exc:
             if call is not None:
                 call.finish_soon("upstream_closed")
             raise errors.UpstreamStreamAborted(f"upstream stream broke: {type(exc).__name__}") from exc

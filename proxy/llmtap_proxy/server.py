@@ -44,6 +44,8 @@ def uvicorn_config(app: ProxyApp, settings: Settings, **overrides: object) -> uv
         "date_header": False,
         "access_log": False,
         "log_level": "info",
+        # uvicorn's X-Forwarded-* middleware wraps every request; the proxy never reads the client address
+        "proxy_headers": False,
     }
     options.update(overrides)
     logging.getLogger("uvicorn.error").addFilter(_AbortedStreamFilter())

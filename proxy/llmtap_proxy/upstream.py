@@ -1,86 +1,47 @@
-"""The one shared aiohttp session that carries every upstream request."""
+"""The pool of upstream connections that carries every forwarded request."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
-import aiohttp
-from yarl import URL
-
 from llmtap.observer import CallObserver
 from llmtap_proxy.config import Route
-
-
-async def _mark_sent(
-    _session: aiohttp.ClientSession, context: SimpleNamespace, _params: aiohttp.TraceRequestHeadersSentParams
-) -> None:
-    """TTFT counts from here: the request is on the wire (a connection was taken or opened, the headers
-    written), not from when the proxy asked for it, which under a burst can be tens of ms earlier."""
-    call = context.trace_request_ctx
-    if call is not None:
-        call.mark_sent()
+from llmtap_proxy.http1 import Http1Pool, UpstreamResponse
 
 
 class UpstreamPool:
-    """Keeps a single ClientSession (connection reuse) and a timeout per route.
+    """Keep-alive connections to every route's upstream, with the route's timeouts.
 
-    Bodies are forwarded as raw bytes: no automatic decompression, no added default headers.
+    Bodies are forwarded as raw bytes: no decompression, no added default headers.
     """
 
     def __init__(self) -> None:
-        self._session: aiohttp.ClientSession | None = None
-        self._timeouts: dict[int, aiohttp.ClientTimeout] = {}
+        self._pool: Http1Pool | None = None
 
     async def start(self) -> None:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
-            sent = aiohttp.TraceConfig()
-            sent.on_request_headers_sent.append(_mark_sent)
-            self._session = aiohttp.ClientSession(
-                trace_configs=[sent],
-                connector=connector,
-                auto_decompress=False,
-                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-                timeout=aiohttp.ClientTimeout(total=None),
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
+        if self._pool is None:
+            self._pool = Http1Pool()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
     @property
     def ready(self) -> bool:
-        return self._session is not None and not self._session.closed
-
-    def _timeout(self, route: Route) -> aiohttp.ClientTimeout:
-        timeout = self._timeouts.get(id(route))
-        if timeout is None:
-            timeout = aiohttp.ClientTimeout(
-                total=None,
-                connect=route.connect_timeout,
-                sock_connect=route.connect_timeout,
-                sock_read=route.read_timeout,
-            )
-            self._timeouts[id(route)] = timeout
-        return timeout
+        return self._pool is not None and not self._pool.closed
 
     async def request(
-        self, route: Route, method: str, url: URL, headers: dict[str, str], body: bytes,
+        self, route: Route, method: str, target: str, headers: dict[str, str], body: bytes,
         call: CallObserver | None = None,
-    ) -> aiohttp.ClientResponse:
-        if self._session is None:
+    ) -> UpstreamResponse:
+        """`target`: the origin-relative path and query. TTFT counts from the moment the request is
+        written (a connection taken or opened), not from when the proxy asked: under a burst those
+        differ by tens of ms."""
+        if self._pool is None:
             await self.start()
-        assert self._session is not None
-        return await self._session.request(
-            method,
-            url,
-            headers=headers,
-            data=body if body else None,
-            allow_redirects=False,
-            timeout=self._timeout(route),
-            compress=None,
-            auto_decompress=False,
-            trace_request_ctx=call,
+        assert self._pool is not None
+        upstream = route.upstream
+        return await self._pool.request(
+            upstream.scheme, upstream.host, upstream.port, method, target, headers, body,
+            connect_timeout=route.connect_timeout, read_timeout=route.read_timeout,
+            on_send=call.mark_sent if call is not None else None,
         )
