@@ -160,7 +160,7 @@ async def read_all(response: aiohttp.ClientResponse) -> tuple[bytes, BaseExcepti
 
 async def test_dns_failure_is_502_upstream_unreachable(sim: SimServer, monkeypatch: pytest.MonkeyPatch) -> None:
     """A name that does not resolve. No DNS query may leave this machine, so every name except loopback
-    literals fails in a stand-in for socket.getaddrinfo (the resolver aiohttp's ThreadedResolver calls)."""
+    literals fails in a stand-in for socket.getaddrinfo (what the asyncio loop's create_connection calls)."""
     real_getaddrinfo = socket.getaddrinfo
     looked_up: list[str] = []
 
