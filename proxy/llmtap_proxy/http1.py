@@ -55,6 +55,8 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.reused = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0
         self._reset()
 
     def _reset(self) -> None:
@@ -91,6 +93,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._stop_timer()
         if self.until_eof and self.headers_done and exc is None:
             self.complete = True  # llhttp ends such a body only when told about the end of the stream
         if not self.complete and self.error is None:
@@ -152,20 +155,41 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self.closed = True
+        self._stop_timer()
         if self.transport is not None:
             self.transport.close()
 
     async def wait(self, timeout: float | None) -> None:
-        """Until something new arrives (or the connection ends). TimeoutError after `timeout` seconds."""
+        """Until something new arrives (or the connection ends). TimeoutError after `timeout` seconds.
+
+        One timer per connection, re-armed only when it fires, instead of a timer per wait: a stream
+        waits once per chunk, and the deadline nearly always moves on before it is reached."""
         loop = asyncio.get_running_loop()
         waiter = self.waiter = loop.create_future()
-        handle = loop.call_later(timeout, _expire, waiter) if timeout else None
+        if timeout:
+            self.deadline = loop.time() + timeout
+            if self.timer is None:
+                self.timer = loop.call_at(self.deadline, self._on_deadline)
         try:
             await waiter
         finally:
             self.waiter = None
-            if handle is not None:
-                handle.cancel()
+
+    def _on_deadline(self) -> None:
+        self.timer = None
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return  # nobody is waiting: the next wait arms it again
+        loop = asyncio.get_running_loop()
+        if loop.time() >= self.deadline:
+            waiter.set_exception(TimeoutError())
+        else:
+            self.timer = loop.call_at(self.deadline, self._on_deadline)
+
+    def _stop_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     def take(self) -> bytes:
         chunk = self.chunks.popleft() if len(self.chunks) == 1 else b"".join(self._drain())
@@ -179,11 +203,6 @@ class _Connection(asyncio.Protocol):
         chunks = list(self.chunks)
         self.chunks.clear()
         return chunks
-
-
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
 
 
 class UpstreamResponse:
@@ -320,6 +339,7 @@ class Http1Pool:
         if len(idle) >= _MAX_IDLE_PER_ORIGIN:
             conn.close()
             return
+        conn._stop_timer()
         conn.parser = httptools.HttpResponseParser(conn)
         idle.append(conn)
 
