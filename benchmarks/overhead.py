@@ -1581,8 +1581,9 @@ def git_commit() -> str:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                              check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--", "sdk", "proxy"], cwd=ROOT, capture_output=True,
-                               text=True, check=True).stdout.strip()
-        return out + (" + uncommitted changes in sdk/ or proxy/" if dirty else "")
+                               text=True, check=True).stdout
+        files = [line[3:] for line in dirty.splitlines() if line.strip()]
+        return out + (f" + uncommitted changes in {', '.join(files)}" if files else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
