@@ -1,7 +1,9 @@
 """Several proxy processes on one port: `llmtap serve --workers N`.
 
-The supervisor binds the listening socket once and starts N worker processes that all accept from it
-(the kernel hands each new connection to one of them). Each worker is a fresh interpreter (the
+The supervisor binds the listening sockets (`bind_sockets`: on Linux one per worker, all on the same
+port, which the kernel balances; elsewhere one shared socket) and starts N worker processes that
+accept from them. It keeps the sockets open, so that a worker's restart loses no queued connection,
+and closes them when it stops. Each worker is a fresh interpreter (the
 multiprocessing "spawn" start method), so everything with threads or sockets, the OpenTelemetry SDK's
 exporters, the finisher thread, the aiohttp session, the event loop, is built inside the worker and
 never inherited half-copied from a fork. Each worker runs the same code as a single-process proxy
@@ -25,6 +27,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import sys
 import time
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
@@ -41,12 +44,14 @@ RESTART_WINDOW_S = 60.0
 _WORKER_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[w{index}]: %(message)s"
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    """The listening socket that every worker accepts from, bound the way uvicorn binds its own."""
+def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A listening socket, bound the way uvicorn binds its own."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         sock.listen(BACKLOG)  # connections queue from now on, also while the workers start
     except OSError:
@@ -54,6 +59,29 @@ def bind_socket(host: str, port: int) -> socket.socket:
         raise
     sock.set_inheritable(True)
     return sock
+
+
+def bind_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    """The listening socket of each worker index, all on host:port.
+
+    Linux: one socket per index, joined with SO_REUSEPORT, so that the kernel spreads new connections
+    evenly over the workers (by a hash of the connection's addresses). With one shared socket, the
+    worker that wakes first takes a whole batch of waiting connections, and a 2:1 split is common.
+    The supervisor holds every socket for its lifetime, so connections that wait for a worker being
+    replaced stay queued for its successor. Elsewhere (where SO_REUSEPORT does not balance), all
+    indexes share one socket."""
+    if count > 1 and sys.platform == "linux" and hasattr(socket, "SO_REUSEPORT"):
+        first = bind_socket(host, port, reuse_port=True)
+        sockets = [first]
+        try:
+            for _ in range(count - 1):
+                sockets.append(bind_socket(host, first.getsockname()[1], reuse_port=True))
+        except OSError:
+            for sock in sockets:
+                sock.close()
+            raise
+        return sockets
+    return [bind_socket(host, port)] * count
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -76,9 +104,9 @@ def _worker_main(settings: Settings, sock: socket.socket, index: int, log_level:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, sock: socket.socket, log_level: int) -> None:
+    def __init__(self, settings: Settings, sockets: list[socket.socket], log_level: int) -> None:
         self.settings = settings
-        self.sock = sock
+        self.sockets = sockets  # by worker index
         self.log_level = log_level
         self.context = multiprocessing.get_context("spawn")
         self.workers: dict[int, BaseProcess] = {}
@@ -91,7 +119,7 @@ class Supervisor:
     def start(self, index: int) -> None:
         process = self.context.Process(
             target=_worker_main, name=f"llmtap-worker-{index}",
-            args=(self.settings, self.sock, index, self.log_level, os.getpid()),
+            args=(self.settings, self.sockets[index], index, self.log_level, os.getpid()),
         )
         process.start()
         self.workers[index] = process
@@ -132,6 +160,10 @@ class Supervisor:
             self.start(index)
         return True
 
+    def close_sockets(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
     def stop_all(self) -> bool:
         """SIGTERM every worker, wait for them to drain and flush; kill any that outlive the deadline.
         True when all of them stopped cleanly."""
@@ -166,7 +198,7 @@ class Supervisor:
                 if self.stopping:
                     break
                 self.start(index)
-            host, port = self.sock.getsockname()[:2]
+            host, port = self.sockets[0].getsockname()[:2]
             shown = f"[{host}]" if ":" in host else host
             logger.info("%d workers serving http://%s:%d (supervisor pid %d)", len(self.workers), shown, port,
                         os.getpid())
@@ -179,6 +211,9 @@ class Supervisor:
                 if not self.stopping and not self.replace_dead():
                     healthy = False
                     break
+            # New connections are refused from now on (once the workers have closed their copies, which
+            # uvicorn does first thing on SIGTERM), as with a single process.
+            self.close_sockets()
             if self.stop_signal is not None:
                 logger.info("%s: stopping %d workers (each drains for up to %.0f s, then flushes its telemetry)",
                             signal.Signals(self.stop_signal).name, len(self.workers), self.settings.drain_timeout)
@@ -201,16 +236,16 @@ def _status(exitcode: int | None) -> str:
 
 
 def supervise(settings: Settings) -> int:
-    """Run `settings.workers` workers on one socket until SIGTERM/SIGINT. Returns the exit status."""
+    """Run `settings.workers` workers on one port until SIGTERM/SIGINT. Returns the exit status."""
     try:
-        sock = bind_socket(settings.host, settings.port)
+        sockets = bind_sockets(settings.host, settings.port, settings.workers)
     except OSError as exc:
         logger.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror or exc)
         return 1
     for route in settings.routes:
         logger.info("route %s -> %s%s", route.prefix, route.upstream.origin, route.upstream.base_path)
+    supervisor = Supervisor(settings, sockets, logging.getLogger().getEffectiveLevel())
     try:
-        return Supervisor(settings, sock, logging.getLogger().getEffectiveLevel()).run()
+        return supervisor.run()
     finally:
-        sock.close()
-
+        supervisor.close_sockets()

@@ -111,9 +111,10 @@ def content_chunks(body: bytes) -> int:
 
 async def test_two_workers_share_calls_one_span_each_all_flushed_on_sigterm(sim: SimServer, tmp_path: Path) -> None:
     log = tmp_path / "serve.log"
+    telemetry_file = tmp_path / "telemetry.jsonl"  # every worker appends to the same file
     async with span_sink() as sink:
         async with workers(
-            sim.url, log, OTEL_EXPORTER_OTLP_ENDPOINT=sink.url,
+            sim.url, log, "--telemetry-file", str(telemetry_file), OTEL_EXPORTER_OTLP_ENDPOINT=sink.url,
             OTEL_RESOURCE_ATTRIBUTES="service.instance.id=pod-a,deployment.environment.name=test",
         ) as (child, url):
             sent = 0
@@ -127,10 +128,19 @@ async def test_two_workers_share_calls_one_span_each_all_flushed_on_sigterm(sim:
                     await asyncio.sleep(0.3)
                     if len({instance for instance, _ in sink.spans}) == 2:
                         break
-                # SIGTERM with a wave in flight: the streams finish, then every worker flushes and exits.
+                # SIGTERM with a wave in flight (each stream 0.6 s): every worker drains, flushes and exits ...
                 in_flight = [asyncio.ensure_future(stream(session, url, tokens=30, itl_ms=20)) for _ in range(16)]
                 await asyncio.sleep(0.2)
                 child.send_signal(signal.SIGTERM)
+                await asyncio.sleep(0.3)
+                # ... no new connection is accepted (as with one process), but the streams in flight finish
+                refused = False
+                try:
+                    async with session.get(url + "/healthz", timeout=aiohttp.ClientTimeout(total=1)) as probe:
+                        await probe.read()
+                except (aiohttp.ClientError, TimeoutError):
+                    refused = True
+                assert refused, "the workers still accepted connections after SIGTERM"
                 bodies = await asyncio.gather(*in_flight)
                 sent += len(bodies)
                 assert all(content_chunks(body) == 30 for body in bodies)
@@ -144,6 +154,37 @@ async def test_two_workers_share_calls_one_span_each_all_flushed_on_sigterm(sim:
     assert len({span_id for _, span_id in sink.spans}) == sent
     assert set(per_worker) == {"pod-a-w0", "pod-a-w1"}, per_worker
     assert "all workers stopped" in logs
+    # the shared file holds whole lines only, and the same spans
+    file_spans: Counter[str] = Counter()
+    for line in telemetry_file.read_bytes().splitlines():
+        for resource_spans in orjson.loads(line).get("resourceSpans", []):
+            instance = next(a["value"]["stringValue"] for a in resource_spans["resource"]["attributes"]
+                            if a["key"] == "service.instance.id")
+            for scope_spans in resource_spans["scopeSpans"]:
+                file_spans[instance] += sum(1 for span in scope_spans["spans"] if span["kind"] == 3)  # CLIENT
+    assert file_spans == per_worker
+
+
+async def test_workers_stop_when_the_supervisor_is_killed(sim: SimServer, tmp_path: Path) -> None:
+    log = tmp_path / "serve.log"
+    async with workers(sim.url, log, OTEL_TRACES_EXPORTER="none") as (child, _url):
+        pids = [int(pid) for pid in re.findall(r"worker \d started \(pid (\d+)\)", log_tail(log, limit=1 << 20))]
+        assert len(pids) == 2
+        child.kill()  # SIGKILL: the supervisor cannot pass anything on; the kernel tells the workers
+        child.wait(10)
+        deadline = time.monotonic() + 15
+        while pids and time.monotonic() < deadline:
+            pids = [pid for pid in pids if _running(pid)]
+            await asyncio.sleep(0.1)
+        assert not pids, f"workers outlived their supervisor:\n{log_tail(log)}"
+
+
+def _running(pid: int) -> bool:
+    """Exists and is not a zombie (an orphan's exit status waits for whoever adopted it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 async def test_a_killed_worker_is_replaced_and_ctrl_c_stops_all(sim: SimServer, tmp_path: Path) -> None:
