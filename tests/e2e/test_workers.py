@@ -68,7 +68,10 @@ async def workers(upstream: str, log: Path, *extra: str, **env: str) -> AsyncIte
     """`llmtap serve --workers 2`, in a session of its own (so that a Ctrl-C can be sent to its group)."""
     port = free_port()
     environment = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    environment.update({"OTEL_METRICS_EXPORTER": "none", "OTEL_BSP_SCHEDULE_DELAY": "100", **env})
+    # a short drain deadline: a worker that does not stop is killed after 5 + 15 s, and the test sees exit 1 and
+    # the log rather than a timeout
+    environment.update({"OTEL_METRICS_EXPORTER": "none", "OTEL_BSP_SCHEDULE_DELAY": "100",
+                        "LLMTAP_DRAIN_TIMEOUT": "5", **env})
     with log.open("wb") as out:
         child = subprocess.Popen(
             [sys.executable, "-m", "llmtap_proxy.cli", "serve", "--upstream", upstream, "--port", str(port),
@@ -144,7 +147,7 @@ async def test_two_workers_share_calls_one_span_each_all_flushed_on_sigterm(sim:
                 bodies = await asyncio.gather(*in_flight)
                 sent += len(bodies)
                 assert all(content_chunks(body) == 30 for body in bodies)
-            exit_code = await asyncio.to_thread(child.wait, 30)
+            exit_code = await asyncio.to_thread(child.wait, 40)
         assert exit_code == 0, log_tail(log)
     logs = log.read_text()
     assert "2 workers serving" in logs
@@ -202,7 +205,7 @@ async def test_a_killed_worker_is_replaced_and_ctrl_c_stops_all(sim: SimServer, 
         assert all(content_chunks(body) == 10 for body in bodies)
         # Ctrl-C in a terminal: SIGINT to the whole process group, supervisor and workers alike
         os.killpg(child.pid, signal.SIGINT)
-        exit_code = await asyncio.to_thread(child.wait, 30)
+        exit_code = await asyncio.to_thread(child.wait, 40)
         assert exit_code == 0, log_tail(log)
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(replacement.group(1)), 0)
