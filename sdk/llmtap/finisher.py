@@ -26,7 +26,10 @@ class Finisher:
     (SimpleQueue.put is safe there).
     """
 
-    MAX_BACKLOG = 128  # beyond this, calls are ended in line (back-pressure; bounds memory when starved)
+    # Queued items beyond which new calls are parsed and ended in line (back-pressure; bounds memory
+    # when this thread is starved). A proxied call queues its request facts, a batch per 32 chunks,
+    # then its end: 512 lets a few hundred streams that end together wait here, not on the loop.
+    MAX_BACKLOG = 512
 
     def __init__(self) -> None:
         self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -64,17 +67,22 @@ class Finisher:
             time.sleep(0)
 
     def finish(self, call: CallObserver, error_type: str | None, t_ns: int) -> None:
-        if self.thread is not None and self.queue.qsize() < self.MAX_BACKLOG:
+        # A call whose parsing is queued here ends here too, after it: its parts stay in order.
+        if call.on_finisher or (self.thread is not None and self.queue.qsize() < self.MAX_BACKLOG):
             self.queue.put((call.finish, error_type, t_ns))
         else:
             call.finish(error_type, t_ns)
 
-    def read_request(self, call: CallObserver) -> None:
-        """Parse the call's request body on this thread, in call order (cold starts are decided there)."""
+    def read_request(self, call: CallObserver) -> bool:
+        """Take on a proxied call: its request facts now (in call order: cold starts are decided
+        there), its response in batches, its end. False (the caller parses in line) when backlogged."""
         if self.thread is not None and self.queue.qsize() < self.MAX_BACKLOG:
             self.queue.put((_read_request, call, 0))
-        else:
-            call.read_request()
+            return True
+        return False
+
+    def parse(self, call: CallObserver, batch: list[tuple[bytes, int]]) -> None:
+        self.queue.put((_parse_batch, call, batch))
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until the calls queued so far have ended."""
@@ -92,6 +100,10 @@ class Finisher:
 
 def _read_request(call: CallObserver, _t_ns: int) -> None:
     call.read_request()
+
+
+def _parse_batch(call: CallObserver, batch: list[tuple[bytes, int]]) -> None:
+    call.parse_batch(batch)
 
 
 def _lowest_cpu_priority() -> None:

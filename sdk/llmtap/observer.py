@@ -21,8 +21,10 @@ from llmtap.wire import StreamDecoder, decoder_for
 logger = logging.getLogger("llmtap.observer")
 
 DEFAULT_MAX_RESPONSE_BODY = 8 * 1024 * 1024
-# A deferred call keeps at most this many received bytes for parsing at its end; past it, it parses as it goes.
-MAX_DEFERRED_BYTES = 1024 * 1024
+# A deferred call hands its received chunks to the finisher in batches of this many chunks or bytes,
+# which parses them and keeps only what it needs (text, usage): raw bytes do not pile up per stream.
+BATCH_CHUNKS = 32
+BATCH_BYTES = 64 * 1024
 
 
 class CallSink(Protocol):
@@ -34,7 +36,9 @@ class CallSink(Protocol):
 
     def schedule_finish(self, call: CallObserver, error_type: str | None, t_ns: int) -> None: ...
 
-    def schedule_facts(self, call: CallObserver) -> None: ...
+    def schedule_facts(self, call: CallObserver) -> bool: ...
+
+    def schedule_parse(self, call: CallObserver, batch: list[tuple[bytes, int]]) -> None: ...
 
     def fault(self, where: str) -> None: ...
 
@@ -51,6 +55,7 @@ class CallObserver:
         "_finished",
         "_parser",
         "_pending",
+        "_reading",
         "_request_body",
         "_response",
         "_sink",
@@ -60,6 +65,7 @@ class CallObserver:
         "context",
         "exchange",
         "max_response_body",
+        "on_finisher",
         "operation",
         "path",
         "wall_sent_ns",
@@ -78,8 +84,8 @@ class CallObserver:
         deferred: bool = False,
     ) -> None:
         """`deferred`: the caller's thread only keeps what arrives (the request body, the response
-        headers, each chunk with its arrival time); parsing happens where the call ends (the proxy's
-        finisher thread), so the event loop does nothing per chunk but an append."""
+        headers, each chunk with its arrival time) and hands it over in batches; parsing happens on the
+        sink's finisher thread, so the event loop does nothing per chunk but an append."""
         self.api = api
         self.operation = operation
         self.path = path  # the request path as the upstream sees it
@@ -100,18 +106,21 @@ class CallObserver:
         self._response: tuple[int, str, str] | None = None  # status, content type, content encoding
         self._pending: list[tuple[bytes, int]] | None = [] if deferred else None
         self._deferred_bytes = 0
+        self._reading = False  # the response decoder is set up
+        self.on_finisher = False  # its parsing and end run on the finisher thread, in order
 
     # --- request side ---
     def set_request_body(self, body: bytes) -> None:
+        self._request_body = body
         if self._pending is None:
-            self._request_body = body
             self.read_request()
             return
-        self._request_body = body
         try:
-            self._sink.schedule_facts(self)
+            self.on_finisher = self._sink.schedule_facts(self)
         except Exception:
-            self.read_request()
+            self.on_finisher = False
+        if not self.on_finisher:
+            self.catch_up()  # the finisher is busy or absent: this call is parsed as it goes
 
     def read_request(self) -> None:
         """Parse the request body into facts, once (then tell the sink: cold start is decided there)."""
@@ -146,15 +155,17 @@ class CallObserver:
             self.exchange.mark_headers(t_ns, status)
             content_type = headers.get("content-type") or headers.get("Content-Type") or ""
             encoding = (headers.get("content-encoding") or headers.get("Content-Encoding") or "").lower()
-            if self._pending is not None:
-                self._response = (status, content_type, encoding)
-            else:
+            self._response = (status, content_type, encoding)
+            if self._pending is None:
                 self._start_reading(status, content_type, encoding)
         except Exception:
             self._fault("on_response")
 
     def _start_reading(self, status: int, content_type: str, encoding: str) -> None:
         """Set up the decoding of the response body (stream decoder and parser, or a buffer)."""
+        if self._reading:
+            return
+        self._reading = True
         try:
             if encoding in ("gzip", "deflate", "x-gzip"):
                 self._decompress = zlib.decompressobj(47)  # gzip or zlib, auto-detected
@@ -180,22 +191,38 @@ class CallObserver:
         if pending is not None:
             pending.append((chunk, t_ns))
             self._deferred_bytes += len(chunk)
-            if self._deferred_bytes > MAX_DEFERRED_BYTES:
-                self.catch_up()  # a long response: parse as it goes from here on, memory stays bounded
+            if len(pending) >= BATCH_CHUNKS or self._deferred_bytes >= BATCH_BYTES:
+                self._hand_over()
             return
         self._read_chunk(chunk, t_ns)
 
+    def _hand_over(self) -> None:
+        batch = self._pending
+        if not batch:
+            return
+        self._pending = []
+        self._deferred_bytes = 0
+        try:
+            self._sink.schedule_parse(self, batch)
+        except Exception:
+            self._fault("schedule_parse")
+
+    def parse_batch(self, batch: list[tuple[bytes, int]]) -> None:
+        """Parse handed-over chunks (on the finisher thread, after the request facts, in order)."""
+        self.read_request()
+        if self._response is not None:
+            self._start_reading(*self._response)
+        for chunk, t_ns in batch:
+            self._read_chunk(chunk, t_ns)
+
     def catch_up(self) -> None:
-        """Parse what a deferred call has kept so far, and parse in line from now on."""
+        """Parse what a deferred call has kept so far, and parse in line from now on. Only for a call
+        that has handed nothing over (nothing of it is queued on the finisher)."""
         pending = self._pending
         if pending is None:
             return
         self._pending = None
-        self.read_request()
-        if self._response is not None:
-            self._start_reading(*self._response)
-        for chunk, t_ns in pending:
-            self._read_chunk(chunk, t_ns)
+        self.parse_batch(pending)
 
     def _read_chunk(self, chunk: bytes, t_ns: int) -> None:
         exchange = self.exchange
@@ -257,7 +284,10 @@ class CallObserver:
         if self._finished:
             return
         self._finished = True
-        self.catch_up()
+        rest = self._pending  # the last, partial batch (its earlier ones were parsed before this)
+        if rest is not None:
+            self._pending = None
+            self.parse_batch(rest)
         self.read_request()
         exchange = self.exchange
         exchange.finish(t_ns if t_ns is not None else time.perf_counter_ns())

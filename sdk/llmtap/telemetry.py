@@ -338,15 +338,19 @@ class Telemetry:
         else:
             call.finish(error_type, t_ns)
 
-    def schedule_facts(self, call: CallObserver) -> None:
-        """Parse the request on the finisher thread (queued before the call's end, so in call order)."""
-        if self.finish_in_background:
-            from llmtap.finisher import FINISHER
+    def schedule_facts(self, call: CallObserver) -> bool:
+        """Hand a deferred call to the finisher thread: True if its parsing and end run there."""
+        if not self.finish_in_background:
+            return False
+        from llmtap.finisher import FINISHER
 
-            FINISHER.ensure_started()
-            FINISHER.read_request(call)
-        else:
-            call.read_request()
+        FINISHER.ensure_started()
+        return FINISHER.read_request(call)
+
+    def schedule_parse(self, call: CallObserver, batch: list[tuple[bytes, int]]) -> None:
+        from llmtap.finisher import FINISHER
+
+        FINISHER.parse(call, batch)
 
     def on_facts(self, call: CallObserver) -> None:
         self.check_cold_start(call)

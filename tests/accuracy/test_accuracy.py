@@ -9,8 +9,8 @@ They are joined to the simulator's ground truth (GET /_sim/requests) by the resp
 
 All processes read time.perf_counter(), which is CLOCK_MONOTONIC on Linux, one clock for the whole host.
 So every proxy timestamp can be set against the sim's send times directly, and the TTFT error splits
-into its request leg (proxy's "sent" mark -> sim handler starts; itself split, with an aiohttp
-TraceConfig on the proxy's session, at the moment the request was written) and its response leg (sim
+into its request leg (proxy's "sent" mark -> sim handler starts; itself split, with a hook on the proxy's
+upstream client, at the moment the request was written) and its response leg (sim
 wrote the first content chunk -> proxy read it).
 
 Definitions (docs/accuracy.md has the full text):
@@ -161,25 +161,30 @@ def sim_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def trace_request_writes(app: ProxyApp, written: dict[str, float]) -> None:
-    """Record when aiohttp has written each upstream request (trace id + span id -> perf_counter), to split the
-    request leg into the proxy's part and the network's + simulator's. Instrumentation only: it adds an
-    aiohttp TraceConfig to the proxy's session once that exists (ClientSession._trace_configs)."""
-    config = aiohttp.TraceConfig()
-
-    async def headers_sent(_session: Any, _context: Any, params: aiohttp.TraceRequestHeadersSentParams) -> None:
-        traceparent = params.headers.get("traceparent", "")
-        if traceparent.count("-") == 3:
-            written[traceparent.split("-")[1] + traceparent.split("-")[2]] = time.perf_counter()  # trace id + span id
-
-    config.on_request_headers_sent.append(headers_sent)
-    config.freeze()
+    """Record when the proxy's upstream client writes each request (trace id + span id -> perf_counter), to split
+    the request leg into the proxy's part and the network's + simulator's. Instrumentation only: it wraps the
+    `on_send` hook of the proxy's HTTP/1.1 pool (called just before the request's single write) once it exists."""
     pool, start = app.pool, app.pool.start
 
     async def start_traced() -> None:
         await start()
-        configs = getattr(pool._session, "_trace_configs", None)
-        if isinstance(configs, list):
-            configs.append(config)
+        client = pool._pool
+        assert client is not None
+        request = client.request
+
+        async def traced_request(*args: Any, on_send: Any = None, **kwargs: Any) -> Any:
+            headers = args[5]
+            traceparent = headers.get("traceparent", "")
+
+            def sent() -> None:
+                if on_send is not None:
+                    on_send()
+                if traceparent.count("-") == 3:
+                    written[traceparent.split("-")[1] + traceparent.split("-")[2]] = time.perf_counter()
+
+            return await request(*args, on_send=sent, **kwargs)
+
+        client.request = traced_request  # type: ignore[method-assign]
 
     pool.start = start_traced  # type: ignore[method-assign]
 
@@ -261,7 +266,7 @@ class Call:
     coalesced: int = 0  # content events that shared a read with an earlier one
     truth_itl: list[float] = field(default_factory=list)  # the sim's gaps, merged as the proxy read them
     guessed: bool = False  # the merge of coalesced events was not certain (see merge_as_read)
-    written_s: float | None = None  # when aiohttp had written the request upstream (instrumentation)
+    written_s: float | None = None  # when the proxy's client wrote the request upstream (instrumentation)
 
     @property
     def transit_s(self) -> float:
