@@ -1363,7 +1363,8 @@ def render(ctx: Context, result: dict[str, Any], summary: dict[str, Any], comman
         + "Added figures are the target minus direct (median over repetitions of the per-repetition differences); "
         "MB = 10^6 bytes; nginx's CPU and RSS are those of its master and worker together. "
         "The max chunks/s row is SSE events/s delivered to the client with ITL 0 (see Max throughput for what "
-        "limited each target).",
+        "limited each target). Where the hot path spends its time, each budget missed so far with its profile, "
+        "and the plan: [performance.md](performance.md).",
         "",
         *([f"**{warning}**", ""] if (warning := interference(summary, args.nice, args.rt)) else []),
         *(["Notes:", "", *[f"- {n}" for n in notes], ""] if notes else []),
