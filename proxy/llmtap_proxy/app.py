@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
+import sys
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
@@ -62,6 +64,19 @@ class ProxyApp:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        # Calls are parsed and ended on the finisher thread. A short GIL switch interval bounds how long
+        # that thread can keep the event loop waiting: 0.5 ms instead of Python's 5 ms, longer than the
+        # gap between two chunks of a fast stream.
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(float(os.environ.get("LLMTAP_GIL_SWITCH_INTERVAL", "0.0005")))
+        try:
+            async with self._serving():
+                yield
+        finally:
+            sys.setswitchinterval(switch_interval)
+
+    @contextlib.asynccontextmanager
+    async def _serving(self) -> AsyncIterator[None]:
         await self.pool.start()
         if self.telemetry is not None:
             await asyncio.to_thread(self.telemetry.tokenizer.load)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import signal
 import socket
-import sys
 
 import uvicorn
 
@@ -101,9 +99,6 @@ def serve_worker(
         instance = telemetry.tracer_provider.resource.attributes.get("service.instance.id")
         logger.info("telemetry: traces %s; metrics %s; service.instance.id %s", targets.traces, targets.metrics,
                     instance)
-    # Calls end (tokens, span, histograms) on the finisher thread. A short GIL switch interval
-    # bounds how long that thread can keep the event loop waiting: 0.5 ms instead of 5 ms.
-    sys.setswitchinterval(float(os.environ.get("LLMTAP_GIL_SWITCH_INTERVAL", "0.0005")))
     # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal under the handlers that were in place
     # before it started. With these, that re-raise lands here and we flush and exit 0 ourselves.
     for handled in (signal.SIGTERM, signal.SIGINT):
