@@ -142,6 +142,11 @@ async def assert_healthy(proxy: RunningProxy, captured: Captured) -> None:
     spans = await captured.wait_for_genai_spans(before + 1)
     assert len(spans) == before + 1
     assert "error.type" not in (spans[-1].attributes or {})
+    # The span can arrive (from the finisher thread) a moment before the proxy's handler has returned and
+    # stopped counting the request: give it up to 2 s to get there.
+    deadline = time.monotonic() + 2
+    while proxy.app.forwarder.in_flight and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
     assert proxy.app.forwarder.in_flight == 0
     assert active_calls(captured) == 0
 
