@@ -192,17 +192,18 @@ class _Connection(asyncio.Protocol):
             self.timer = None
 
     def take(self) -> bytes:
-        chunk = self.chunks.popleft() if len(self.chunks) == 1 else b"".join(self._drain())
+        """Everything received and not yet read, as one block."""
+        chunks = self.chunks
+        if len(chunks) == 1:
+            chunk = chunks.popleft()
+        else:
+            chunk = b"".join(chunks)
+            chunks.clear()
         self.buffered -= len(chunk)
         if self.paused and self.buffered < _LOW_WATER and self.transport is not None:
             self.paused = False
             self.transport.resume_reading()
         return chunk
-
-    def _drain(self) -> list[bytes]:
-        chunks = list(self.chunks)
-        self.chunks.clear()
-        return chunks
 
 
 class UpstreamResponse:

@@ -143,9 +143,6 @@ class ActiveCalls:
         with self._lock:
             self._counts[key] = self._counts.get(key, 0) + delta
 
-    def value(self, key: tuple[str, str, str, int]) -> int:
-        return self._counts.get(key, 0)
-
     def observe(self, _options: Any) -> list[Any]:
         from opentelemetry.metrics import Observation
 
