@@ -8,10 +8,11 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
+from aiohttp import web
 
 
 def free_port() -> int:
@@ -59,3 +60,21 @@ async def process(args: list[str], ready_url: str, what: str, log: Path, **env: 
         yield
     finally:
         stop(child)
+
+
+@contextlib.asynccontextmanager
+async def local_http_server(
+    posts: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]],
+) -> AsyncIterator[str]:
+    """A real aiohttp server on 127.0.0.1 answering POSTs at these paths (an OTLP/HTTP receiver, say);
+    yields its base URL."""
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    for path, handler in posts.items():
+        app.router.add_post(path, handler)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()

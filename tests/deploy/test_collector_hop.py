@@ -32,6 +32,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from llmtap_proxy.sim import SimServer
+from tests.processes import local_http_server
 
 ROOT = Path(__file__).resolve().parents[2]
 GATEWAY_CONFIG = ROOT / "collector-config" / "gateway.yaml"
@@ -97,18 +98,9 @@ async def otlp_http_receiver() -> AsyncIterator[Received]:
                 received.metrics.extend((resource, metric.name) for metric in scope_metrics.metrics)
         return web.Response(body=b"", content_type="application/x-protobuf")
 
-    app = web.Application(client_max_size=64 * 1024 * 1024)
-    app.router.add_post("/v1/traces", traces)
-    app.router.add_post("/v1/metrics", metrics)
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    received.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
+    async with local_http_server({"/v1/traces": traces, "/v1/metrics": metrics}) as url:
+        received.url = url
         yield received
-    finally:
-        await runner.cleanup()
 
 
 def _spawn(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:

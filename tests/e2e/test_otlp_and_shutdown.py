@@ -19,7 +19,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from llmtap_proxy.sim import SimServer
-from tests.processes import free_port
+from tests.processes import free_port, local_http_server
 
 SECRET = "sk-live-DO-NOT-LEAK-4242"
 
@@ -69,18 +69,9 @@ async def otlp_receiver() -> AsyncIterator[OtlpReceiver]:
                 received.metric_names.update(m.name for m in scope_metrics.metrics)
         return web.Response(body=b"", content_type="application/x-protobuf")
 
-    app = web.Application(client_max_size=64 * 1024 * 1024)
-    app.router.add_post("/v1/traces", traces)
-    app.router.add_post("/v1/metrics", metrics)
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    received.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
+    async with local_http_server({"/v1/traces": traces, "/v1/metrics": metrics}) as url:
+        received.url = url
         yield received
-    finally:
-        await runner.cleanup()
 
 
 @contextlib.asynccontextmanager

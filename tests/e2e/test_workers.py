@@ -22,7 +22,7 @@ from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from llmtap_proxy.sim import SimServer
-from tests.processes import free_port, log_tail, wait_http_ok
+from tests.processes import free_port, local_http_server, log_tail, wait_http_ok
 
 BODY = {"model": "sim-small", "stream": True, "messages": [{"role": "user", "content": "hello"}]}
 
@@ -50,17 +50,9 @@ async def span_sink() -> AsyncIterator[SpanSink]:
                         sink.spans.append((resource["service.instance.id"], span.span_id))
         return web.Response(body=b"", content_type="application/x-protobuf")
 
-    app = web.Application(client_max_size=64 * 1024 * 1024)
-    app.router.add_post("/v1/traces", traces)
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    sink.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
+    async with local_http_server({"/v1/traces": traces}) as url:
+        sink.url = url
         yield sink
-    finally:
-        await runner.cleanup()
 
 
 @contextlib.asynccontextmanager

@@ -8,7 +8,7 @@ keep-alive reuse, stale-connection retry signalling, back-pressure and header va
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import pytest
@@ -56,6 +56,18 @@ async def read_request(state: RawServer, reader: asyncio.StreamReader) -> bytes:
     return head
 
 
+def replying(raw: bytes) -> Callable[[RawServer, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    """A handler that reads one request, writes `raw` and keeps the connection until the client closes it."""
+
+    async def handler(state: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(state, reader)
+        writer.write(raw)
+        await writer.drain()
+        await reader.read()
+
+    return handler
+
+
 async def read_all(response: UpstreamResponse) -> bytes:
     parts = []
     while chunk := await response.read():
@@ -88,13 +100,8 @@ async def test_one_write_request_keep_alive_reuse_and_chunked_body() -> None:
 
 
 async def test_interim_100_continue_is_skipped_and_expect_is_not_sent() -> None:
-    async def handler(state: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(state, reader)
-        writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok")
-        await writer.drain()
-        await reader.read()
-
-    async with raw_server(handler) as server:
+    reply = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok"
+    async with raw_server(replying(reply)) as server:
         pool = Http1Pool()
         response = await pool.request("http", "127.0.0.1", server.port, "POST", "/", {"expect": "100-continue"}, b"x")
         assert response.status == 201 and await read_all(response) == b"ok"
@@ -103,13 +110,7 @@ async def test_interim_100_continue_is_skipped_and_expect_is_not_sent() -> None:
 
 
 async def test_head_response_has_no_body_whatever_its_length_says() -> None:
-    async def handler(state: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(state, reader)
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n")
-        await writer.drain()
-        await reader.read()
-
-    async with raw_server(handler) as server:
+    async with raw_server(replying(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n")) as server:
         pool = Http1Pool()
         response = await pool.request("http", "127.0.0.1", server.port, "HEAD", "/", {}, b"", read_timeout=2)
         assert response.status == 200 and await asyncio.wait_for(read_all(response), 2) == b""
