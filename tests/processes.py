@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -64,17 +65,28 @@ async def process(args: list[str], ready_url: str, what: str, log: Path, **env: 
 
 @contextlib.asynccontextmanager
 async def local_http_server(
-    posts: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]],
+    routes: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]], method: str = "POST",
+    **runner_options: Any,
 ) -> AsyncIterator[str]:
-    """A real aiohttp server on 127.0.0.1 answering POSTs at these paths (an OTLP/HTTP receiver, say);
-    yields its base URL."""
+    """A real aiohttp server on 127.0.0.1 answering `method` at these paths (an OTLP/HTTP receiver, or an
+    upstream with `{"/{tail:.*}": handler}` and method "*"); yields its base URL."""
     app = web.Application(client_max_size=64 * 1024 * 1024)
-    for path, handler in posts.items():
-        app.router.add_post(path, handler)
-    runner = web.AppRunner(app, handle_signals=False)
+    for path, handler in routes.items():
+        app.router.add_route(method, path, handler)
+    runner = web.AppRunner(app, handle_signals=False, **runner_options)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     try:
         yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
+
+
+async def refuses_connections(session: aiohttp.ClientSession, url: str) -> bool:
+    """True when a health probe to `url` cannot connect (a stopping server has closed its listener)."""
+    try:
+        async with session.get(url + "/healthz", timeout=aiohttp.ClientTimeout(total=1)) as probe:
+            await probe.read()
+    except (aiohttp.ClientError, TimeoutError):
+        return True
+    return False

@@ -19,7 +19,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from llmtap_proxy.sim import SimServer
-from tests.processes import free_port, local_http_server
+from tests.processes import free_port, local_http_server, refuses_connections
 
 SECRET = "sk-live-DO-NOT-LEAK-4242"
 
@@ -121,13 +121,7 @@ async def test_sigterm_drains_streams_and_flushes_spans_over_otlp(sim: SimServer
                 process.send_signal(signal.SIGTERM)
                 await asyncio.sleep(0.3)
                 # it has stopped accepting new connections ...
-                refused = False
-                try:
-                    async with session.get(url + "/healthz", timeout=aiohttp.ClientTimeout(total=1)) as probe:
-                        await probe.read()
-                except (aiohttp.ClientError, TimeoutError):
-                    refused = True
-                assert refused, "the proxy still accepted connections after SIGTERM"
+                assert await refuses_connections(session, url), "the proxy still accepted connections after SIGTERM"
                 # ... but the stream in flight finishes, complete
                 rest = first + await response.content.read()
         assert rest.rstrip().endswith(b"data: [DONE]")

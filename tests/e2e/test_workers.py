@@ -22,7 +22,7 @@ from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from llmtap_proxy.sim import SimServer
-from tests.processes import free_port, local_http_server, log_tail, wait_http_ok
+from tests.processes import free_port, local_http_server, log_tail, refuses_connections, wait_http_ok
 
 BODY = {"model": "sim-small", "stream": True, "messages": [{"role": "user", "content": "hello"}]}
 
@@ -129,13 +129,7 @@ async def test_two_workers_share_calls_one_span_each_all_flushed_on_sigterm(sim:
                 child.send_signal(signal.SIGTERM)
                 await asyncio.sleep(0.3)
                 # ... no new connection is accepted (as with one process), but the streams in flight finish
-                refused = False
-                try:
-                    async with session.get(url + "/healthz", timeout=aiohttp.ClientTimeout(total=1)) as probe:
-                        await probe.read()
-                except (aiohttp.ClientError, TimeoutError):
-                    refused = True
-                assert refused, "the workers still accepted connections after SIGTERM"
+                assert await refuses_connections(session, url), "the workers still accepted connections after SIGTERM"
                 bodies = await asyncio.gather(*in_flight)
                 sent += len(bodies)
                 assert all(content_chunks(body) == 30 for body in bodies)

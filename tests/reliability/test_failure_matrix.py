@@ -31,6 +31,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from llmtap_proxy.config import Route, Upstream
 from llmtap_proxy.sim import SimServer
 from tests.conftest import Captured, RunningProxy, make_captured, proxy_settings, run_proxy
+from tests.processes import local_http_server
 
 CHAT = "/v1/chat/completions"
 BODY = {"model": "sim-small", "stream": True, "messages": [{"role": "user", "content": "hello there"}]}
@@ -52,15 +53,10 @@ def chat_chunk(content: str | None = None, *, role: bool = False, finish: str | 
 @contextlib.asynccontextmanager
 async def aiohttp_upstream(handler: Handler) -> AsyncIterator[str]:
     """A real aiohttp server answering every path with `handler`; a disconnect cancels the handler."""
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    runner = web.AppRunner(app, handle_signals=False, handler_cancellation=True, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with local_http_server(
+        {"/{tail:.*}": handler}, method="*", handler_cancellation=True, access_log=None
+    ) as url:
+        yield url
 
 
 @contextlib.asynccontextmanager
